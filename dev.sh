@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# One entry point for a fresh machine: creates .venv on first use (CPU torch 2.13.0 + ndcam in editable mode), then
+#   bash dev.sh demo [ARGS]   runs the main job (ndcam demo)
+#   bash dev.sh test [ARGS]   runs the test suite (pytest), the command CI runs
+#   bash dev.sh bench [ARGS]  runs the speed/memory benchmarks (writes benchmarks/RESULTS.md)
+set -euo pipefail
+cd "$(dirname "$0")"
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import ndcam, pytest, hypothesis" >/dev/null 2>&1; then
+    echo "[dev.sh] setting up .venv (first run only)" >&2
+    "$PY" -m venv .venv
+    .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
+    .venv/bin/python -m pip install -q "torch==2.13.0" || .venv/bin/python -m pip install -q "torch>=2.1"
+    .venv/bin/python -m pip install -q -e ".[dev]"
+fi
+cmd=${1:-test}
+shift || true
+case "$cmd" in
+    test)  exec .venv/bin/python -m pytest "$@" ;;
+    demo)  exec .venv/bin/python -m ndcam demo "$@" ;;
+    bench) exec .venv/bin/python benchmarks/run_all.py "$@" ;;
+    *) echo "usage: bash dev.sh {demo|test|bench} [ARGS]" >&2; exit 2 ;;
+esac

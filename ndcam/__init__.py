@@ -1,0 +1,58 @@
+"""ndcam: Class Activation Maps for PyTorch models on signals of any spatial rank (1D, 2D, 3D).
+
+>>> import torch, ndcam
+>>> net = torch.nn.Sequential(torch.nn.Conv3d(1, 4, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool3d(1),
+...                           torch.nn.Flatten(), torch.nn.Linear(4, 2))
+>>> ndcam.GradCAM(net)(torch.randn(1, 1, 16, 16, 16)).shape
+torch.Size([1, 16, 16, 16])
+"""
+
+from __future__ import annotations
+
+from . import ops, targets
+from ._errors import InputError, InputTypeError, LayerError, NdcamError
+from .explain import explain
+from .explanation import Explanation
+from .layers import LayerInfo, list_layers
+from .methods import (
+    CAM,
+    BaseCAM,
+    EigenCAM,
+    EigenGradCAM,
+    GradCAM,
+    GradCAMElementWise,
+    GradCAMPlusPlus,
+    HiResCAM,
+    LayerCAM,
+    XGradCAM,
+    get_method,
+    methods,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CAM",
+    "GradCAM",
+    "GradCAMPlusPlus",
+    "XGradCAM",
+    "HiResCAM",
+    "GradCAMElementWise",
+    "LayerCAM",
+    "EigenCAM",
+    "EigenGradCAM",
+    "BaseCAM",
+    "explain",
+    "Explanation",
+    "methods",
+    "get_method",
+    "list_layers",
+    "LayerInfo",
+    "targets",
+    "ops",
+    "NdcamError",
+    "InputError",
+    "InputTypeError",
+    "LayerError",
+    "__version__",
+]

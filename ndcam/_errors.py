@@ -1,0 +1,23 @@
+"""Error types raised by ndcam.
+
+Every error is a subclass of a built-in (``ValueError``, ``TypeError`` or ``LookupError``) so callers that catch the
+built-ins keep working, and of :class:`NdcamError` so callers can catch everything ndcam raises on purpose.
+"""
+
+from __future__ import annotations
+
+
+class NdcamError(Exception):
+    """Base class of every error that ndcam raises on purpose."""
+
+
+class InputError(NdcamError, ValueError):
+    """The input tensor, a target or an option has a wrong value (rank, NaN/inf, range, length)."""
+
+
+class InputTypeError(NdcamError, TypeError):
+    """An argument has the wrong type (e.g. an integer input tensor, a non-callable target)."""
+
+
+class LayerError(NdcamError, LookupError):
+    """A target layer does not exist, is never reached by the forward pass, or gives a non-spatial output."""

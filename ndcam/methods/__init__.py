@@ -1,0 +1,48 @@
+"""CAM methods, one family per module, and the registry used by :func:`ndcam.explain`."""
+
+from __future__ import annotations
+
+from .activation import CAM, EigenCAM, EigenGradCAM
+from .base import REGISTRY, BaseCAM, register
+from .gradient import GradCAM, GradCAMElementWise, GradCAMPlusPlus, HiResCAM, LayerCAM, XGradCAM
+
+__all__ = [
+    "BaseCAM",
+    "register",
+    "REGISTRY",
+    "CAM",
+    "GradCAM",
+    "GradCAMPlusPlus",
+    "XGradCAM",
+    "HiResCAM",
+    "GradCAMElementWise",
+    "LayerCAM",
+    "EigenCAM",
+    "EigenGradCAM",
+    "methods",
+    "get_method",
+]
+
+
+def methods() -> list[str]:
+    """Canonical registry names accepted by ``ndcam.explain(method=...)``."""
+    return sorted({cls.registry_name for cls in REGISTRY.values()})
+
+
+def get_method(name: str | type[BaseCAM]) -> type[BaseCAM]:
+    """Method class for a registry name (case-insensitive; ``_`` and ``-`` ignored) or a class."""
+    if isinstance(name, type) and issubclass(name, BaseCAM):
+        return name
+    if not isinstance(name, str):
+        raise TypeError(f"method must be a registry name or a BaseCAM subclass, got {type(name).__name__}")
+    key = name.lower().replace("_", "").replace("-", "")
+    table = {k.replace("-", ""): v for k, v in REGISTRY.items()}
+    if key not in table:
+        import difflib
+
+        close = difflib.get_close_matches(key, table, n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        from .._errors import InputError
+
+        raise InputError(f"unknown method {name!r}{hint} (available: {', '.join(methods())})")
+    return table[key]

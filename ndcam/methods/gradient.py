@@ -1,0 +1,156 @@
+r"""The Grad-CAM family: maps from activations :math:`A` and gradients :math:`G = \partial y / \partial A`.
+
+Pure weight functions (tensors in, tensors out, any spatial rank) come first; the method classes below only pick
+one. Notation: :math:`A, G` are ``(N, C, *S)``; :math:`\sum_s` runs over every spatial position of any rank; maps are
+ReLU-ed by the base class (``relu = True``).
+
+Example:
+    >>> import torch, ndcam
+    >>> net = torch.nn.Sequential(torch.nn.Conv1d(12, 8, 7, padding=3), torch.nn.ReLU(),
+    ...                           torch.nn.AdaptiveAvgPool1d(1), torch.nn.Flatten(), torch.nn.Linear(8, 5))
+    >>> ndcam.GradCAM(net)(torch.randn(4, 12, 500)).shape      # ECG: 4 records, 12 leads, 500 samples
+    torch.Size([4, 500])
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .. import ops
+from .base import BaseCAM, register
+
+__all__ = [
+    "gradcam_weights",
+    "gradcampp_weights",
+    "xgradcam_weights",
+    "hirescam_map",
+    "elementwise_map",
+    "layercam_map",
+    "GradCAM",
+    "GradCAMPlusPlus",
+    "XGradCAM",
+    "HiResCAM",
+    "GradCAMElementWise",
+    "LayerCAM",
+]
+
+#: epsilon in Grad-CAM++'s alpha denominator (as in pytorch-grad-cam)
+GRADCAMPP_EPS = 1e-6
+#: epsilon in XGrad-CAM's normalization by the activation sum (as in pytorch-grad-cam)
+XGRADCAM_EPS = 1e-7
+
+
+def gradcam_weights(gradients: torch.Tensor) -> torch.Tensor:
+    r"""Grad-CAM channel weights :math:`w_c = \frac{1}{|S|}\sum_s G_{c,s}` (Selvaraju et al. 2017,
+    https://arxiv.org/abs/1610.02391)."""
+    return ops.spatial_mean(gradients)
+
+
+def gradcampp_weights(activations: torch.Tensor, gradients: torch.Tensor, eps: float = GRADCAMPP_EPS) -> torch.Tensor:
+    r"""Grad-CAM++ channel weights (Chattopadhay et al. 2018, https://arxiv.org/abs/1710.11063, eq. 19).
+
+    .. math::
+        \alpha_{c,s} = \frac{G_{c,s}^2}{2 G_{c,s}^2 + \big(\sum_{s'} A_{c,s'}\big) G_{c,s}^3 + \epsilon}, \qquad
+        w_c = \sum_s \alpha_{c,s}\,\mathrm{ReLU}(G_{c,s})
+
+    with :math:`\alpha = 0` where :math:`G = 0`. The paper's exponential output makes every gradient carry the factor
+    :math:`e^{y}`; it is one positive constant per sample, dropped here as in pytorch-grad-cam (it cancels in the
+    normalized map). MONAI sums :math:`A\,G^3` over positions instead of multiplying :math:`\sum A` by
+    :math:`G^3`, which is not the paper's eq. 19.
+    """
+    g2 = gradients.pow(2)
+    g3 = g2 * gradients
+    sum_a = ops.spatial_sum(activations)
+    shape = sum_a.shape + (1,) * (activations.ndim - 2)
+    alpha = g2 / (2 * g2 + sum_a.reshape(shape) * g3 + eps)
+    alpha = torch.where(gradients != 0, alpha, torch.zeros_like(alpha))
+    return ops.spatial_sum(alpha * torch.relu(gradients))
+
+
+def xgradcam_weights(activations: torch.Tensor, gradients: torch.Tensor, eps: float = XGRADCAM_EPS) -> torch.Tensor:
+    r"""XGrad-CAM channel weights :math:`w_c = \sum_s \frac{A_{c,s}}{\sum_{s'} A_{c,s'} + \epsilon} G_{c,s}`
+    (Fu et al. 2020, https://arxiv.org/abs/2008.02312)."""
+    sum_a = ops.spatial_sum(activations)
+    return ops.spatial_sum(activations * gradients) / (sum_a + eps)
+
+
+def hirescam_map(activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
+    r"""HiResCAM map :math:`M_s = \sum_c G_{c,s} A_{c,s}` (Draelos & Carin 2020, https://arxiv.org/abs/2011.08891)."""
+    return ops.channel_sum(gradients * activations)
+
+
+def elementwise_map(activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
+    r"""Element-wise Grad-CAM map :math:`M_s = \sum_c \mathrm{ReLU}(G_{c,s} A_{c,s})` (as defined by
+    pytorch-grad-cam's ``GradCAMElementWise``)."""
+    return ops.channel_sum(torch.relu(gradients * activations))
+
+
+def layercam_map(activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
+    r"""LayerCAM map :math:`M_s = \sum_c \mathrm{ReLU}(G_{c,s}) A_{c,s}` (Jiang et al. 2021,
+    https://doi.org/10.1109/TIP.2021.3089943)."""
+    return ops.channel_sum(torch.relu(gradients) * activations)
+
+
+@register("gradcam", "grad-cam")
+class GradCAM(BaseCAM):
+    r"""Grad-CAM: :math:`\mathrm{ReLU}(\sum_c w_c A_c)` with :math:`w_c` the spatial mean of the gradient.
+
+    Selvaraju et al., "Grad-CAM: Visual Explanations from Deep Networks via Gradient-based Localization", ICCV 2017,
+    https://arxiv.org/abs/1610.02391.
+    """
+
+    def weights(self, activations, gradients, classes):
+        return gradcam_weights(gradients)
+
+
+@register("gradcam++", "gradcampp", "gradcamplusplus")
+class GradCAMPlusPlus(BaseCAM):
+    """Grad-CAM++: positive gradients weighted by the closed-form alpha of eq. 19 (see :func:`gradcampp_weights`).
+
+    Chattopadhay et al., "Grad-CAM++", WACV 2018, https://arxiv.org/abs/1710.11063.
+    """
+
+    def weights(self, activations, gradients, classes):
+        return gradcampp_weights(activations, gradients)
+
+
+@register("xgradcam", "xgrad-cam")
+class XGradCAM(BaseCAM):
+    """XGrad-CAM: gradients weighted by the normalized activations (see :func:`xgradcam_weights`).
+
+    Fu et al., "Axiom-based Grad-CAM", BMVC 2020, https://arxiv.org/abs/2008.02312.
+    """
+
+    def weights(self, activations, gradients, classes):
+        return xgradcam_weights(activations, gradients)
+
+
+@register("hirescam")
+class HiResCAM(BaseCAM):
+    """HiResCAM: element-wise gradient x activation summed over channels, then ReLU.
+
+    Draelos & Carin, "Use HiResCAM instead of Grad-CAM for faithful explanations", https://arxiv.org/abs/2011.08891.
+    """
+
+    def layer_map(self, activations, gradients, classes):
+        return hirescam_map(activations, gradients)
+
+
+@register("gradcamelementwise", "gradcam-elementwise")
+class GradCAMElementWise(BaseCAM):
+    """Element-wise Grad-CAM: ReLU of gradient x activation per channel, summed over channels."""
+
+    def layer_map(self, activations, gradients, classes):
+        return elementwise_map(activations, gradients)
+
+
+@register("layercam")
+class LayerCAM(BaseCAM):
+    """LayerCAM: activations weighted position by position by their positive gradients.
+
+    Jiang et al., "LayerCAM: Exploring Hierarchical Class Activation Maps for Localization", IEEE TIP 2021,
+    https://doi.org/10.1109/TIP.2021.3089943.
+    """
+
+    def layer_map(self, activations, gradients, classes):
+        return layercam_map(activations, gradients)
