@@ -10,7 +10,7 @@ torch.Size([1, 16, 16, 16])
 from __future__ import annotations
 
 from . import ops, targets
-from ._errors import InputError, InputTypeError, LayerError, NdcamError
+from ._errors import ForwardError, InputError, InputTypeError, LayerError, NdcamError
 from .explain import explain
 from .explanation import Explanation
 from .layers import LayerInfo, list_layers
@@ -54,5 +54,6 @@ __all__ = [
     "InputError",
     "InputTypeError",
     "LayerError",
+    "ForwardError",
     "__version__",
 ]

@@ -21,3 +21,18 @@ class InputTypeError(NdcamError, TypeError):
 
 class LayerError(NdcamError, LookupError):
     """A target layer does not exist, is never reached by the forward pass, or gives a non-spatial output."""
+
+
+class ForwardError(InputError):
+    """The model's own forward pass failed on the input (usually a wrong rank, channel count or size)."""
+
+
+def forward_failed(model: object, x: object, err: BaseException) -> ForwardError:
+    """Wrap an exception raised by the model's forward into a :class:`ForwardError` that names the input."""
+    shape = tuple(getattr(x, "shape", ()))
+    rank = len(shape) - 2
+    return ForwardError(
+        f"the model's forward pass failed on x of shape {shape} (spatial rank {rank}): {type(err).__name__}: "
+        f"{str(err).splitlines()[0] if str(err) else ''} -- is x (N, C, *spatial) with the channels, rank and size "
+        f"{type(model).__name__} expects?"
+    )

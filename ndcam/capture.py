@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ._errors import LayerError
+from ._errors import LayerError, NdcamError, forward_failed
 
 __all__ = ["Capture", "ModelState"]
 
@@ -162,7 +162,12 @@ class Capture:
         self.clear()
         self._batch = x.shape[0]
         torch.set_grad_enabled(False)
-        out = self.model(x)
+        try:
+            out = self.model(x)
+        except NdcamError:
+            raise
+        except (RuntimeError, ValueError, TypeError, IndexError) as err:
+            raise forward_failed(self.model, x, err) from err
         missing = [name for name, _ in self.layers if name not in self.names]
         if missing:
             raise LayerError(

@@ -25,7 +25,7 @@ from typing import Union
 import torch
 from torch import nn
 
-from ._errors import InputError, InputTypeError, LayerError
+from ._errors import InputError, InputTypeError, LayerError, forward_failed
 
 __all__ = ["LayerInfo", "LayerSpec", "resolve_layers", "auto_layer", "list_layers", "module_name"]
 
@@ -96,7 +96,15 @@ def resolve_layers(model: nn.Module, layers: LayerSpec) -> list[tuple[str, nn.Mo
         LayerError: a name that does not exist (with close matches) or a module outside the model.
         InputTypeError: an entry that is neither a string nor a module.
     """
-    items = [layers] if isinstance(layers, (str, nn.Module)) else list(layers)  # type: ignore[arg-type]
+    if isinstance(layers, (str, nn.Module)):
+        items: list = [layers]
+    elif isinstance(layers, Sequence):
+        items = list(layers)
+    else:
+        raise InputTypeError(
+            f"layers must be None, a dotted module name, an nn.Module or a list of those, got {type(layers).__name__}: "
+            f"{layers!r}"
+        )
     if not items:
         raise InputError("layers is an empty list; pass None (automatic), a dotted name, a module, or a list of those")
     out: list[tuple[str, nn.Module]] = []
@@ -148,6 +156,8 @@ def _trace(model: nn.Module, x: torch.Tensor) -> list[_Record]:
     try:
         with torch.no_grad():
             model(x)
+    except (RuntimeError, ValueError, TypeError, IndexError) as err:
+        raise forward_failed(model, x, err) from err
     finally:
         for h in handles:
             h.remove()

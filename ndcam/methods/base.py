@@ -55,16 +55,24 @@ def _check_input(x: Any) -> None:
         )
     if x.shape[0] == 0 or any(s == 0 for s in x.shape[1:]):
         raise InputError(f"x has an empty axis: shape {tuple(x.shape)}")
+
+
+def _check_finite(x: torch.Tensor) -> None:
     if not bool(torch.isfinite(x).all()):
         bad = int((~torch.isfinite(x)).sum())
         raise InputError(f"x contains {bad} NaN/inf value(s); CAMs of non-finite inputs are meaningless")
 
 
 def _check_device(model: nn.Module, x: torch.Tensor) -> None:
-    devices = {p.device for p in model.parameters()} | {b.device for b in model.buffers()}
+    params = list(model.parameters())
+    devices = {p.device for p in params} | {b.device for b in model.buffers()}
     if len(devices) == 1 and x.device not in devices:
         (dev,) = devices
         raise InputError(f"x is on {x.device} but the model is on {dev}; move one of them (x.to({str(dev)!r}))")
+    dtypes = {p.dtype for p in params if p.is_floating_point()}
+    if len(dtypes) == 1 and x.dtype not in dtypes and not torch.is_autocast_enabled():
+        (dt,) = dtypes
+        raise InputError(f"x is {x.dtype} but the model's parameters are {dt}; convert with x.to({dt})")
 
 
 class BaseCAM:
@@ -131,6 +139,7 @@ class BaseCAM:
         """Like :meth:`__call__`, but returns an :class:`~ndcam.Explanation` with scores, targets and raw ranges."""
         _check_input(x)
         _check_device(self.model, x)
+        _check_finite(x)
         self.check_targets(targets)
         score_fn, class_idx, _ = as_score_fn(targets, x.shape[0], x.device)
         state = ModelState.save(self.model)

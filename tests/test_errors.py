@@ -1,0 +1,149 @@
+"""Bad input gets a clear error, raised before heavy work, of a built-in type, naming what is wrong and what is right."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import ndcam
+
+from .conftest import make_input, make_net
+
+
+class CountingNet(nn.Module):
+    def __init__(self, rank):
+        super().__init__()
+        self.net = make_net(rank)
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        return self.net(x)
+
+
+@pytest.mark.parametrize(
+    "x, exc, match",
+    [
+        (lambda r: make_input(r).numpy(), TypeError, "torch.Tensor"),
+        (lambda r: make_input(r).long(), TypeError, "floating"),
+        (lambda r: torch.randn(3, 2), ValueError, r"\(N, C, \*spatial\)"),
+        (lambda r: make_input(r)[:0], ValueError, "empty"),
+        (lambda r: make_input(r).index_fill(0, torch.tensor([1]), float("nan")), ValueError, "NaN/inf"),
+        (lambda r: make_input(r).index_fill(0, torch.tensor([0]), float("inf")), ValueError, "NaN/inf"),
+    ],
+    ids=["numpy", "int", "rank0", "empty", "nan", "inf"],
+)
+def test_bad_input_is_rejected_before_the_forward(x, exc, match, rank):
+    model = CountingNet(rank)
+    with pytest.raises(exc, match=match):
+        ndcam.GradCAM(model, "net.feat")(x(rank))
+    assert model.calls == 0
+
+
+@pytest.mark.parametrize(
+    "targets, exc, match",
+    [
+        ([0, 1], ValueError, "2 class indices for a batch of 3"),
+        (torch.tensor([[0, 1]]), ValueError, "batch of 3"),
+        ([-1, 0, 0], ValueError, "negative"),
+        (1.5, TypeError, "targets must be"),
+        ("cat", TypeError, "targets must be"),
+        (torch.tensor([0.0, 1.0, 2.0]), TypeError, "integers"),
+        (torch.zeros(3, 1, 1, dtype=torch.long), ValueError, r"\(N,\) or \(N, K\)"),
+    ],
+    ids=["short", "2d-short", "negative", "float", "str", "float-tensor", "3d"],
+)
+def test_bad_targets_are_rejected_before_the_forward(targets, exc, match, rank):
+    model = CountingNet(rank)
+    with pytest.raises(exc, match=match):
+        ndcam.GradCAM(model, "net.feat")(make_input(rank), targets)
+    assert model.calls == 0
+
+
+def test_target_out_of_range_names_the_class_count(rank):
+    with pytest.raises(ValueError, match=r"out of range for an output with 5 classes \(0..4\)"):
+        ndcam.GradCAM(make_net(rank), "feat")(make_input(rank), [0, 7, 1])
+
+
+def test_unknown_layer_lists_close_matches():
+    with pytest.raises(LookupError, match="did you mean 'feat'"):
+        ndcam.GradCAM(make_net(1), "fet")
+    with pytest.raises(LookupError, match="conv2"):
+        ndcam.GradCAM(make_net(1), "conv_2")
+    with pytest.raises(LookupError, match="not a submodule"):
+        ndcam.GradCAM(make_net(1), nn.Conv1d(1, 1, 1))
+    with pytest.raises(TypeError, match="a dotted module name, an nn.Module"):
+        ndcam.GradCAM(make_net(1), 3)
+    with pytest.raises(ValueError, match="empty"):
+        ndcam.GradCAM(make_net(1), [])
+    with pytest.raises(TypeError, match="nn.Module"):
+        ndcam.GradCAM(lambda x: x)
+
+
+class Branchy(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv1d(2, 4, 3)
+        self.unused = nn.Conv1d(4, 4, 3)
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.fc(self.conv(x).mean(2))
+
+
+def test_layer_never_reached():
+    with pytest.raises(LookupError, match="never ran"):
+        ndcam.GradCAM(Branchy(), "unused")(torch.randn(2, 2, 10))
+
+
+def test_non_spatial_layer_and_wrong_rank_layer(rank):
+    with pytest.raises(LookupError, match=r"not \(N=3, C"):
+        ndcam.GradCAM(make_net(rank), "fc")(make_input(rank))
+
+
+def test_input_of_the_wrong_rank_for_the_model(rank):
+    x = make_input(rank)
+    wrong = x.reshape(3, 2, -1) if rank > 1 else x[..., None]
+    for layers in ("feat", None):
+        with pytest.raises(ValueError, match=r"forward pass failed on x of shape .*spatial rank") as info:
+            ndcam.GradCAM(make_net(rank), layers)(wrong)
+        assert isinstance(info.value.__cause__, RuntimeError)
+
+
+def test_model_on_another_device_or_dtype_is_reported():
+    model = make_net(1)
+    with pytest.raises(ValueError, match="on meta but the model is on cpu"):
+        ndcam.GradCAM(model, "feat")(torch.empty(2, 2, 21, device="meta"))
+    with pytest.raises(ValueError, match=r"x is torch.float32 but the model's parameters are torch.float64"):
+        ndcam.GradCAM(model, "feat")(make_input(1).float())
+
+
+def test_no_convolution_for_automatic_choice():
+    mlp = nn.Sequential(nn.Flatten(), nn.Linear(20, 3))
+    with pytest.raises(LookupError, match="no Conv1d"):
+        ndcam.GradCAM(mlp)(torch.randn(2, 1, 20))
+
+
+def test_unknown_method_name():
+    with pytest.raises(ValueError, match="did you mean gradcam"):
+        ndcam.explain(make_net(1), make_input(1), method="gradcma")
+
+
+def test_cam_rejects_callable_targets_before_the_forward():
+    model = CountingNet(1)
+    with pytest.raises(TypeError, match="CAM needs class indices"):
+        ndcam.CAM(model, "net.feat")(make_input(1), lambda out: out[:, 0])
+    assert model.calls == 0
+
+
+def test_nonfinite_scores(rank):
+    with pytest.raises(ValueError, match="NaN/inf"):
+        ndcam.GradCAM(make_net(rank), "feat")(make_input(rank), lambda out: out[:, 0] / 0.0)
+
+
+def test_errors_are_ndcam_errors():
+    with pytest.raises(ndcam.NdcamError):
+        ndcam.GradCAM(make_net(1), "fet")
+    with pytest.raises(ndcam.NdcamError):
+        ndcam.GradCAM(make_net(1), "feat")(make_input(1).int())
