@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from torch import nn
 
-__all__ = ["conv", "bn", "Bottleneck", "ResNet", "resnet50_like", "ecg_net", "volume_net", "vgg_like", "VGG"]
+__all__ = ["conv", "bn", "BasicBlock", "Bottleneck", "resnet18_3d", "ResNet", "resnet50_like", "ecg_net", "volume_net", "vgg_like", "VGG"]
 
 
 def conv(rank: int) -> type[nn.Module]:
@@ -51,11 +51,34 @@ class Bottleneck(nn.Module):
         return self.relu(out)
 
 
+class BasicBlock(nn.Module):
+    """torchvision-style basic block: 3x3 -> 3x3, ``out += identity``, one shared in-place ReLU."""
+
+    expansion = 1
+
+    def __init__(self, rank: int, c_in: int, width: int, stride: int = 1) -> None:
+        super().__init__()
+        C, B = conv(rank), bn(rank)
+        self.conv1, self.bn1 = C(c_in, width, 3, stride=stride, padding=1, bias=False), B(width)
+        self.conv2, self.bn2 = C(width, width, 3, padding=1, bias=False), B(width)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = None
+        if stride != 1 or c_in != width:
+            self.downsample = nn.Sequential(C(c_in, width, 1, stride=stride, bias=False), B(width))
+
+    def forward(self, x):
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        out += identity
+        return self.relu(out)
+
+
 class ResNet(nn.Module):
     """ResNet of any rank with torchvision's module names (``conv1``, ``layer1..4``, ``avgpool``, ``fc``)."""
 
     def __init__(self, rank: int = 2, layers=(3, 4, 6, 3), in_channels: int = 3, num_classes: int = 1000,
-                 base: int = 64, stem_kernel: int = 7) -> None:
+                 base: int = 64, stem_kernel: int = 7, block: type[nn.Module] = Bottleneck) -> None:
         super().__init__()
         C, B = conv(rank), bn(rank)
         self.conv1 = C(in_channels, base, stem_kernel, stride=2, padding=stem_kernel // 2, bias=False)
@@ -67,8 +90,8 @@ class ResNet(nn.Module):
         for i, n in enumerate(layers):
             blocks = []
             for j in range(n):
-                blocks.append(Bottleneck(rank, c, base * 2**i, stride=2 if (j == 0 and i > 0) else 1))
-                c = base * 2**i * Bottleneck.expansion
+                blocks.append(block(rank, c, base * 2**i, stride=2 if (j == 0 and i > 0) else 1))
+                c = base * 2**i * block.expansion
             stages.append(nn.Sequential(*blocks))
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
         self.avgpool = _pool(rank)
@@ -91,8 +114,13 @@ def ecg_net(leads: int = 12, num_classes: int = 5) -> ResNet:
 
 
 def volume_net(in_channels: int = 1, num_classes: int = 2) -> ResNet:
-    """A 3D ResNet for CT/MRI volumes (e.g. 96^3)."""
+    """A light 3D bottleneck ResNet for CT/MRI volumes (e.g. 96^3): cheap forward, so output costs show."""
     return ResNet(3, (1, 2, 2, 1), in_channels, num_classes, base=16)
+
+
+def resnet18_3d(in_channels: int = 1, num_classes: int = 2, base: int = 64) -> ResNet:
+    """A 3D ResNet-18 layout (basic blocks 2, 2, 2, 2), as in MedicalNet/MONAI ``resnet18``."""
+    return ResNet(3, (2, 2, 2, 2), in_channels, num_classes, base=base, block=BasicBlock)
 
 
 class VGG(nn.Module):

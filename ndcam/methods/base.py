@@ -164,16 +164,18 @@ class BaseCAM:
             sc = scores if multi else scores[:, None]
             k_total = sc.shape[1]
             acts = cap.activations
-            per_target = []
+            # per_layer[l][k]: raw map (N, *S_l) of captured layer l for target k
+            per_layer: list[list[torch.Tensor]] = [[] for _ in acts]
             for k in range(k_total):
                 grads = cap.gradients(sc[:, k], retain_graph=k < k_total - 1) if self.uses_gradients else [None] * len(acts)
                 cls_k = None if class_idx is None else (class_idx[:, k] if class_idx.ndim == 2 else class_idx)
-                per_target.append(self._fuse([self._one(a, g, cls_k) for a, g in zip(acts, grads)], x, upsample, normalize))
+                for l, (a, g) in enumerate(zip(acts, grads)):
+                    per_layer[l].append(self._one(a, g, cls_k))
+                del grads
             names = list(cap.names)
+            del acts
             cap.clear()
-        maps = torch.stack([m for m, _, _ in per_target], dim=1)
-        lo = torch.stack([lo for _, lo, _ in per_target], dim=1)
-        hi = torch.stack([hi for _, _, hi in per_target], dim=1)
+        maps, lo, hi = self._fuse([torch.stack(m, dim=1) for m in per_layer], x, upsample, normalize)
         if not multi:
             maps, lo, hi = maps[:, 0], lo[:, 0], hi[:, 0]
         return Explanation(
@@ -196,19 +198,21 @@ class BaseCAM:
 
     @staticmethod
     def _fuse(maps: list[torch.Tensor], x: torch.Tensor, upsample: bool, normalize: bool):
-        """Bring per-layer maps to one size, fuse, normalize. Returns (map, raw_min, raw_max)."""
+        """Bring per-layer maps ``(N, K, *S_l)`` to one size, fuse, normalize. Returns (maps, raw_min, raw_max)."""
         if upsample:
             size = tuple(x.shape[2:])
         else:
-            size = max((tuple(m.shape[1:]) for m in maps), key=math.prod)
-        maps = [ops.upsample(m, size) for m in maps]
+            size = max((tuple(m.shape[2:]) for m in maps), key=math.prod)
+        n, k = maps[0].shape[:2]
+        maps = [ops.upsample(m.reshape(n * k, *m.shape[2:]), size).reshape(n, k, *size) for m in maps]
         raw = maps[0] if len(maps) == 1 else torch.stack(maps).mean(0)
-        lo, hi = ops.spatial_minmax(raw)
+        lo, hi = ops.spatial_minmax(raw, batch_dims=2)
         if not normalize:
             return raw, lo, hi
         if len(maps) > 1:
-            raw = torch.stack([ops.minmax_normalize(m) for m in maps]).mean(0)
-        return ops.minmax_normalize(raw), lo, hi
+            raw = torch.stack([ops.minmax_normalize(m, batch_dims=2) for m in maps]).mean(0)
+        # every tensor here was made by this call (method maps, their upsampled copies): normalize in place
+        return ops.minmax_normalize(raw, batch_dims=2, inplace=True), lo, hi
 
     @staticmethod
     def _check_scores(scores: Any, n: int) -> torch.Tensor:

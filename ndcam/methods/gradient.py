@@ -58,13 +58,17 @@ def gradcampp_weights(activations: torch.Tensor, gradients: torch.Tensor, eps: f
     normalized map). MONAI sums :math:`A\,G^3` over positions instead of multiplying :math:`\sum A` by
     :math:`G^3`, which is not the paper's eq. 19.
     """
-    g2 = gradients.pow(2)
-    g3 = g2 * gradients
+    # Only positive gradients contribute (ReLU(G) = 0 elsewhere), and there alpha * G = G^3 / (G^2 (2 + sum_a G) + eps):
+    # fused so that no activation-sized temporary beyond three is alive, and a zero denominator at a negative G
+    # (where the peer's alpha can be inf, giving NaN) never arises.
     sum_a = ops.spatial_sum(activations)
-    shape = sum_a.shape + (1,) * (activations.ndim - 2)
-    alpha = g2 / (2 * g2 + sum_a.reshape(shape) * g3 + eps)
-    alpha = torch.where(gradients != 0, alpha, torch.zeros_like(alpha))
-    return ops.spatial_sum(alpha * torch.relu(gradients))
+    gp = torch.relu(gradients)
+    g2 = gp.square()
+    den = gp.mul(sum_a.reshape(sum_a.shape + (1,) * (activations.ndim - 2))).add_(2).mul_(g2).add_(eps)
+    num = g2.mul_(gp)
+    del gp
+    contrib = torch.where(den != 0, num.div_(den), torch.zeros((), dtype=num.dtype, device=num.device))
+    return ops.spatial_sum(contrib)
 
 
 def xgradcam_weights(activations: torch.Tensor, gradients: torch.Tensor, eps: float = XGRADCAM_EPS) -> torch.Tensor:
