@@ -16,6 +16,7 @@ from .explanation import Explanation
 from .layers import LayerInfo, list_layers
 from .methods import (
     CAM,
+    AblationCAM,
     BaseCAM,
     EigenCAM,
     EigenGradCAM,
@@ -24,6 +25,7 @@ from .methods import (
     GradCAMPlusPlus,
     HiResCAM,
     LayerCAM,
+    ScoreCAM,
     XGradCAM,
     get_method,
     methods,
@@ -41,6 +43,8 @@ __all__ = [
     "LayerCAM",
     "EigenCAM",
     "EigenGradCAM",
+    "ScoreCAM",
+    "AblationCAM",
     "BaseCAM",
     "explain",
     "Explanation",

@@ -100,10 +100,14 @@ class Capture:
             raise
         return self
 
-    def __exit__(self, *exc) -> None:
+    def remove_hooks(self) -> None:
+        """Detach the recording hooks (the model stays in eval mode until the context exits)."""
         for h in self._handles:
             h.remove()
         self._handles.clear()
+
+    def __exit__(self, *exc) -> None:
+        self.remove_hooks()
         if self._state is not None:
             self._state.restore()
             self._state = None
@@ -143,6 +147,11 @@ class Capture:
         return hook
 
     # -- results ------------------------------------------------------------------------------------------------
+    @property
+    def raw_outputs(self) -> list[torch.Tensor]:
+        """The layers' outputs as the model produced them (before ``reshape``), detached."""
+        return [r.detach() for r in self._raw]
+
     @property
     def activations(self) -> list[torch.Tensor]:
         """Recorded activations ``(N, C, *spatial)``, one per captured call, detached."""

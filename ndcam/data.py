@@ -45,7 +45,8 @@ def ecg_task(n: int = 256, length: int = 720, seed: int = 0, fs: float = 360.0):
                 width, amp = 3.0, 1.0
             sig += amp * torch.exp(-0.5 * ((t - b) / width) ** 2)
             sig += 0.25 * torch.exp(-0.5 * ((t - b - 0.25 * fs) / 12.0) ** 2)  # T wave
-        sig += 0.05 * torch.randn(length, generator=g) + 0.1 * torch.sin(2 * math.pi * t / length * float(torch.rand(1, generator=g) * 2))
+        drift = 0.1 * torch.sin(2 * math.pi * t / length * float(torch.rand(1, generator=g) * 2))  # baseline wander
+        sig += 0.05 * torch.randn(length, generator=g) + drift
         x[i, 0] = sig
     return x, y, mask
 

@@ -164,7 +164,7 @@ def _trace(model: nn.Module, x: torch.Tensor) -> list[_Record]:
     return records
 
 
-_AUTO_CACHE: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
+_AUTO_CACHE: weakref.WeakKeyDictionary[nn.Module, dict] = weakref.WeakKeyDictionary()
 
 
 def _call_counts(records: list[_Record]) -> dict[str, int]:

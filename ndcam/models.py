@@ -8,7 +8,10 @@ from __future__ import annotations
 
 from torch import nn
 
-__all__ = ["conv", "bn", "BasicBlock", "Bottleneck", "resnet18_3d", "ResNet", "resnet50_like", "ecg_net", "volume_net", "vgg_like", "VGG"]
+__all__ = [
+    "conv", "bn", "BasicBlock", "Bottleneck", "ResNet", "resnet50_like", "resnet18_3d", "ecg_net", "volume_net",
+    "vgg_like", "VGG",
+]
 
 
 def conv(rank: int) -> type[nn.Module]:

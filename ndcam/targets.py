@@ -75,7 +75,9 @@ def _per_sample(value: int | Sequence[int] | torch.Tensor, n: int, device: torch
 def _check_range(idx: torch.Tensor, num_classes: int, what: str) -> None:
     if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= num_classes):
         bad = idx[(idx < 0) | (idx >= num_classes)].unique().tolist()
-        raise InputError(f"{what}: class index {bad} out of range for an output with {num_classes} classes (0..{num_classes - 1})")
+        raise InputError(
+            f"{what}: class index {bad} out of range for an output with {num_classes} classes (0..{num_classes - 1})"
+        )
 
 
 def _logits(output: torch.Tensor, what: str) -> torch.Tensor:
@@ -213,7 +215,8 @@ class SegmentationMask:
 @dataclass
 class MultiLabel:
     """Multi-label heads (sigmoid per class): the logits of the given labels, or of every label above ``threshold``
-    probability when ``labels is None`` (samples with fewer positive labels get their top logits to fill K)."""
+    probability when ``labels is None`` (samples with fewer positive labels get their top logits to fill K).
+    """
 
     labels: int | Sequence[int] | torch.Tensor | None = None
     threshold: float = 0.5

@@ -43,6 +43,9 @@ def plot_signal(signal: Any, cam: Any, *, fs: float | None = None, leads: list[s
         cam: ``(L,)`` map in ``[0, 1]``.
         fs: sampling rate in Hz (time axis in seconds when given, else samples).
         leads: lead names.
+        cmap: colormap of the heat band.
+        title: figure title.
+        max_leads: draw at most this many leads.
     """
     plt = _plt()
     sig = _np(signal)

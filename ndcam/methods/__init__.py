@@ -5,6 +5,7 @@ from __future__ import annotations
 from .activation import CAM, EigenCAM, EigenGradCAM
 from .base import REGISTRY, BaseCAM, register
 from .gradient import GradCAM, GradCAMElementWise, GradCAMPlusPlus, HiResCAM, LayerCAM, XGradCAM
+from .perturbation import AblationCAM, ScoreCAM
 
 __all__ = [
     "BaseCAM",
@@ -19,6 +20,8 @@ __all__ = [
     "LayerCAM",
     "EigenCAM",
     "EigenGradCAM",
+    "ScoreCAM",
+    "AblationCAM",
     "methods",
     "get_method",
 ]

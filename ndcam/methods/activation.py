@@ -107,7 +107,8 @@ class CAM(BaseCAM):
 @register("eigencam", "eigen-cam")
 class EigenCAM(BaseCAM):
     """Eigen-CAM: first principal component of the activations (class-agnostic, no gradients; see
-    :func:`eigencam_map`)."""
+    :func:`eigencam_map`).
+    """
 
     uses_gradients = False
 

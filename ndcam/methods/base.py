@@ -20,7 +20,7 @@ from .._errors import InputError, InputTypeError
 from ..capture import Capture, ModelState
 from ..explanation import Explanation
 from ..layers import LayerSpec, auto_layer, resolve_layers
-from ..targets import TargetSpec, _TopClass, as_score_fn
+from ..targets import ClassTarget, TargetSpec, _TopClass, as_score_fn
 
 __all__ = ["BaseCAM", "register", "REGISTRY"]
 
@@ -124,7 +124,9 @@ class BaseCAM:
         """Method-specific target validation (before any forward pass)."""
 
     # -- public entry points --------------------------------------------------------------------------------------
-    def __call__(self, x: torch.Tensor, targets: TargetSpec = None, *, upsample: bool = True, normalize: bool = True) -> torch.Tensor:
+    def __call__(
+        self, x: torch.Tensor, targets: TargetSpec = None, *, upsample: bool = True, normalize: bool = True
+    ) -> torch.Tensor:
         """Maps ``(N, *spatial)``, or ``(N, K, *spatial)`` for K targets per sample, float32 on ``x``'s device.
 
         Args:
@@ -135,7 +137,9 @@ class BaseCAM:
         """
         return self.explain(x, targets, upsample=upsample, normalize=normalize).maps
 
-    def explain(self, x: torch.Tensor, targets: TargetSpec = None, *, upsample: bool = True, normalize: bool = True) -> Explanation:
+    def explain(
+        self, x: torch.Tensor, targets: TargetSpec = None, *, upsample: bool = True, normalize: bool = True
+    ) -> Explanation:
         """Like :meth:`__call__`, but returns an :class:`~ndcam.Explanation` with scores, targets and raw ranges."""
         _check_input(x)
         _check_device(self.model, x)
@@ -160,22 +164,13 @@ class BaseCAM:
             scores = self._check_scores(scores, x.shape[0])
             if targets is None:
                 class_idx = _TopClass.indices(output)
+                score_fn = ClassTarget(class_idx)  # the top-1 class of the *unperturbed* output, from now on
             multi = scores.ndim == 2
             sc = scores if multi else scores[:, None]
-            k_total = sc.shape[1]
-            acts = cap.activations
-            # per_layer[l][k]: raw map (N, *S_l) of captured layer l for target k
-            per_layer: list[list[torch.Tensor]] = [[] for _ in acts]
-            for k in range(k_total):
-                grads = cap.gradients(sc[:, k], retain_graph=k < k_total - 1) if self.uses_gradients else [None] * len(acts)
-                cls_k = None if class_idx is None else (class_idx[:, k] if class_idx.ndim == 2 else class_idx)
-                for l, (a, g) in enumerate(zip(acts, grads)):
-                    per_layer[l].append(self._one(a, g, cls_k))
-                del grads
             names = list(cap.names)
-            del acts
+            per_layer = self._layer_maps(cap, x, sc, class_idx, score_fn)
             cap.clear()
-        maps, lo, hi = self._fuse([torch.stack(m, dim=1) for m in per_layer], x, upsample, normalize)
+        maps, lo, hi = self._fuse(per_layer, x, upsample, normalize)
         if not multi:
             maps, lo, hi = maps[:, 0], lo[:, 0], hi[:, 0]
         return Explanation(
@@ -188,6 +183,20 @@ class BaseCAM:
             raw_max=hi.float(),
             input_shape=tuple(x.shape),
         )
+
+    def _layer_maps(self, cap: Capture, x: torch.Tensor, sc: torch.Tensor, class_idx: torch.Tensor | None,
+                    score_fn: Callable) -> list[torch.Tensor]:
+        """Raw maps ``(N, K, *S_l)``, one per captured layer call, for the K target scores ``sc`` ``(N, K)``."""
+        acts = cap.activations
+        per_layer: list[list[torch.Tensor]] = [[] for _ in acts]
+        k_total = sc.shape[1]
+        for k in range(k_total):
+            grads = cap.gradients(sc[:, k], retain_graph=k < k_total - 1) if self.uses_gradients else [None] * len(acts)
+            cls_k = None if class_idx is None else (class_idx[:, k] if class_idx.ndim == 2 else class_idx)
+            for maps_of_layer, a, g in zip(per_layer, acts, grads):
+                maps_of_layer.append(self._one(a, g, cls_k))
+            del grads
+        return [torch.stack(m, dim=1) for m in per_layer]
 
     def _one(self, a: torch.Tensor, g: torch.Tensor | None, classes: torch.Tensor | None) -> torch.Tensor:
         if a.dtype in (torch.float16, torch.bfloat16):

@@ -42,11 +42,14 @@ XGRADCAM_EPS = 1e-7
 
 def gradcam_weights(gradients: torch.Tensor) -> torch.Tensor:
     r"""Grad-CAM channel weights :math:`w_c = \frac{1}{|S|}\sum_s G_{c,s}` (Selvaraju et al. 2017,
-    https://arxiv.org/abs/1610.02391)."""
+    https://arxiv.org/abs/1610.02391).
+    """
     return ops.spatial_mean(gradients)
 
 
-def gradcampp_weights(activations: torch.Tensor, gradients: torch.Tensor, eps: float = GRADCAMPP_EPS) -> torch.Tensor:
+def gradcampp_weights(
+    activations: torch.Tensor, gradients: torch.Tensor, eps: float = GRADCAMPP_EPS, *, inplace: bool = False
+) -> torch.Tensor:
     r"""Grad-CAM++ channel weights (Chattopadhay et al. 2018, https://arxiv.org/abs/1710.11063, eq. 19).
 
     .. math::
@@ -57,23 +60,25 @@ def gradcampp_weights(activations: torch.Tensor, gradients: torch.Tensor, eps: f
     :math:`e^{y}`; it is one positive constant per sample, dropped here as in pytorch-grad-cam (it cancels in the
     normalized map). MONAI sums :math:`A\,G^3` over positions instead of multiplying :math:`\sum A` by
     :math:`G^3`, which is not the paper's eq. 19.
+
+    Only positive gradients contribute (:math:`\mathrm{ReLU}(G) = 0` elsewhere), and there
+    :math:`\alpha G = G^3 / (2 G^2 + \sum A \cdot G^3 + \epsilon)`. Computing that directly needs one
+    activation-sized temporary (none beyond the gradient itself with ``inplace=True``, which overwrites
+    ``gradients``), and never meets the peer's 0/0 at negative gradients.
     """
-    # Only positive gradients contribute (ReLU(G) = 0 elsewhere), and there alpha * G = G^3 / (G^2 (2 + sum_a G) + eps):
-    # fused so that no activation-sized temporary beyond three is alive, and a zero denominator at a negative G
-    # (where the peer's alpha can be inf, giving NaN) never arises.
     sum_a = ops.spatial_sum(activations)
-    gp = torch.relu(gradients)
-    g2 = gp.square()
-    den = gp.mul(sum_a.reshape(sum_a.shape + (1,) * (activations.ndim - 2))).add_(2).mul_(g2).add_(eps)
-    num = g2.mul_(gp)
-    del gp
-    contrib = torch.where(den != 0, num.div_(den), torch.zeros((), dtype=num.dtype, device=num.device))
-    return ops.spatial_sum(contrib)
+    sum_a = sum_a.reshape(sum_a.shape + (1,) * (activations.ndim - 2))
+    g = gradients.relu_() if inplace else torch.relu(gradients)
+    g2 = g.square()
+    num = g.mul_(g2)  # G^3 (positive part)
+    den = g2.mul_(2).addcmul_(num, sum_a.expand_as(num)).add_(eps)
+    return ops.spatial_sum(num.div_(den).nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0))
 
 
 def xgradcam_weights(activations: torch.Tensor, gradients: torch.Tensor, eps: float = XGRADCAM_EPS) -> torch.Tensor:
     r"""XGrad-CAM channel weights :math:`w_c = \sum_s \frac{A_{c,s}}{\sum_{s'} A_{c,s'} + \epsilon} G_{c,s}`
-    (Fu et al. 2020, https://arxiv.org/abs/2008.02312)."""
+    (Fu et al. 2020, https://arxiv.org/abs/2008.02312).
+    """
     sum_a = ops.spatial_sum(activations)
     return ops.spatial_sum(activations * gradients) / (sum_a + eps)
 
@@ -85,13 +90,15 @@ def hirescam_map(activations: torch.Tensor, gradients: torch.Tensor) -> torch.Te
 
 def elementwise_map(activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
     r"""Element-wise Grad-CAM map :math:`M_s = \sum_c \mathrm{ReLU}(G_{c,s} A_{c,s})` (as defined by
-    pytorch-grad-cam's ``GradCAMElementWise``)."""
+    pytorch-grad-cam's ``GradCAMElementWise``).
+    """
     return ops.channel_sum(torch.relu(gradients * activations))
 
 
 def layercam_map(activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
     r"""LayerCAM map :math:`M_s = \sum_c \mathrm{ReLU}(G_{c,s}) A_{c,s}` (Jiang et al. 2021,
-    https://doi.org/10.1109/TIP.2021.3089943)."""
+    https://doi.org/10.1109/TIP.2021.3089943).
+    """
     return ops.channel_sum(torch.relu(gradients) * activations)
 
 
@@ -115,7 +122,8 @@ class GradCAMPlusPlus(BaseCAM):
     """
 
     def weights(self, activations, gradients, classes):
-        return gradcampp_weights(activations, gradients)
+        # the gradient of this target is used once, for these weights: overwrite it instead of copying
+        return gradcampp_weights(activations, gradients, inplace=True)
 
 
 @register("xgradcam", "xgrad-cam")

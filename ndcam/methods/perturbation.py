@@ -1,0 +1,243 @@
+r"""Perturbation methods: Score-CAM and Ablation-CAM, batched, chunked, any rank.
+
+Both need many extra forward passes -- one per (sample, channel) -- so they run them in large batches
+(``batch_size`` inputs per forward), never hold all perturbed inputs at once (a 3D volume with hundreds of channels
+is processed chunk by chunk), and show a progress bar on stderr for long runs (``progress=None``: only when more
+than 8 batches).
+
+Perturbed batches are laid out *channel-major*: a batch holds the N samples for channels ``c0 .. c0+b-1``, so any
+target (class indices, or a callable written for an N-sample output) is applied to N-sample slices of the output
+exactly as in an ordinary call.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+
+import torch
+from torch import nn
+
+from .. import ops
+from .._errors import InputError, LayerError
+from .base import BaseCAM, register
+
+__all__ = ["scorecam_weights", "ablationcam_weights", "ScoreCAM", "AblationCAM"]
+
+
+def scorecam_weights(masked_scores: torch.Tensor) -> torch.Tensor:
+    r"""Score-CAM channel weights :math:`w_c = \mathrm{softmax}_c\big(f(X \circ H_c)\big)`.
+
+    Wang et al., "Score-CAM: Score-Weighted Visual Explanations for Convolutional Neural Networks", CVPR-W 2020,
+    https://arxiv.org/abs/1910.01279, Algorithm 1: the target scores of the inputs masked by each channel's
+    upsampled, min-max normalized activation :math:`H_c`, softmax-normalized over channels (as pytorch-grad-cam).
+
+    Args:
+        masked_scores: ``(N, C)`` target score of each sample masked by each channel.
+    """
+    return torch.softmax(masked_scores, dim=1)
+
+
+def ablationcam_weights(scores: torch.Tensor, ablated_scores: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    r"""Ablation-CAM channel weights :math:`w_c = (y - y_c) / y`, with :math:`y_c` the score when channel :math:`c`
+    of the layer is zeroed.
+
+    Desai & Ramaswamy, "Ablation-CAM", WACV 2020, https://doi.org/10.1109/WACV45572.2020.9093360. A score of exactly
+    0 is replaced by ``eps`` (keeping its sign convention) to avoid a division by zero.
+
+    Args:
+        scores: ``(N,)`` unperturbed target score.
+        ablated_scores: ``(N, C)`` target score with each channel ablated.
+        eps: stand-in for an unperturbed score of exactly 0.
+    """
+    denom = torch.where(scores == 0, torch.full_like(scores, eps), scores)[:, None]
+    return (scores[:, None] - ablated_scores) / denom
+
+
+class _Progress:
+    """Minimal progress bar on stderr (no dependency)."""
+
+    def __init__(self, total: int, label: str, enabled: bool | None) -> None:
+        self.total, self.label, self.done = total, label, 0
+        self.enabled = (total > 8) if enabled is None else enabled
+
+    def step(self) -> None:
+        self.done += 1
+        if self.enabled:
+            width = 30
+            filled = int(width * self.done / self.total)
+            sys.stderr.write(f"\r{self.label} [{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total}")
+            if self.done == self.total:
+                sys.stderr.write("\n")
+            sys.stderr.flush()
+
+
+def _channel_blocks(channels: int, n: int, batch_size: int) -> Iterator[tuple[int, int]]:
+    per = max(1, batch_size // n)
+    for c0 in range(0, channels, per):
+        yield c0, min(channels, c0 + per)
+
+
+def _check_batch_size(batch_size: int) -> int:
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise InputError(f"batch_size must be a positive int (inputs per forward pass), got {batch_size!r}")
+    return batch_size
+
+
+class _PerturbationCAM(BaseCAM):
+    """Shared machinery: one captured forward, then batched perturbed forwards scored by the same target."""
+
+    uses_gradients = False
+
+    def __init__(self, model: nn.Module, layers=None, *, batch_size: int = 64, progress: bool | None = None,
+                 reshape: Callable | None = None) -> None:
+        super().__init__(model, layers, reshape=reshape)
+        self.batch_size = _check_batch_size(batch_size)
+        self.progress = progress
+
+    def perturbed_scores(self, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        """Target scores ``(N, C[, K])`` of the perturbed forwards for activation ``a`` ``(N, C, *S)``."""
+        raise NotImplementedError
+
+    def weights_from(self, scores: torch.Tensor, base_scores: torch.Tensor) -> torch.Tensor:
+        """Channel weights ``(N, C)`` from perturbed scores ``(N, C)`` and unperturbed scores ``(N,)``."""
+        raise NotImplementedError
+
+    def _layer_maps(self, cap, x, sc, class_idx, score_fn):
+        names = list(cap.names)
+        if len(names) != len(set(names)):
+            raise LayerError(
+                f"{type(self).__name__} needs target layers that run once per forward pass; {names} ran several "
+                f"times -- choose another layer"
+            )
+        modules = dict(cap.layers)
+        raws, acts = cap.raw_outputs, cap.activations
+        cap.remove_hooks()  # the perturbed forwards must not be recorded
+        self._score_fn = score_fn
+        out = []
+        try:
+            for name, raw, a in zip(names, raws, acts):
+                self._current_layer, self._current_raw = modules[name], raw
+                scores = self.perturbed_scores(x, a)
+                scores = scores if scores.ndim == 3 else scores[..., None]
+                maps = []
+                for k in range(sc.shape[1]):
+                    m = ops.weighted_sum(self.weights_from(scores[..., k], sc[:, k]).to(a.dtype), a)
+                    maps.append(torch.relu(m) if self.relu else m)
+                out.append(torch.stack(maps, dim=1))
+        finally:
+            self._score_fn = self._current_layer = self._current_raw = None
+        return out
+
+    def _scores_of(self, output: torch.Tensor, n: int) -> torch.Tensor:
+        """Target scores of a channel-major perturbed output ``(b * n, ...)`` -> ``(n, b)`` or ``(n, b, K)``."""
+        b = output.shape[0] // n
+        parts = [self._check_scores(self._score_fn(output[i * n : (i + 1) * n]), n) for i in range(b)]
+        return torch.stack(parts, dim=1)
+
+
+@register("scorecam", "score-cam")
+class ScoreCAM(_PerturbationCAM):
+    """Score-CAM: each channel's upsampled, normalized activation masks the input; the target scores of the masked
+    inputs, softmax-normalized over channels, weight the channels (see :func:`scorecam_weights`).
+
+    Args:
+        model: the model.
+        layers: target layer(s) (default: automatic).
+        batch_size: masked inputs per forward pass.
+        top_k: opt-in speed-up: only the ``top_k`` channels with the largest mean activation (per sample) get masked
+            forwards; the others get weight 0.
+        progress: progress bar on stderr (``None``: only for long runs).
+
+    Masks are upsampled with the rank's (multi)linear mode, ``align_corners=False`` (pytorch-grad-cam's 2D code uses
+    ``align_corners=True``), and a channel whose activation is constant gets an all-zero mask (pytorch-grad-cam
+    divides by zero there).
+    """
+
+    def __init__(self, model: nn.Module, layers=None, *, batch_size: int = 64, top_k: int | None = None,
+                 progress: bool | None = None, reshape: Callable | None = None) -> None:
+        super().__init__(model, layers, batch_size=batch_size, progress=progress, reshape=reshape)
+        if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
+            raise InputError(f"top_k must be None or a positive int, got {top_k!r}")
+        self.top_k = top_k
+
+    def perturbed_scores(self, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        """Target scores ``(N, C[, K])`` of ``x`` masked by each channel of ``a``."""
+        n, c = a.shape[:2]
+        rank = x.ndim - 2
+        channels = torch.arange(c, device=a.device)[None].expand(n, c)
+        if self.top_k is not None and self.top_k < c:
+            channels = ops.spatial_mean(a).topk(self.top_k, dim=1).indices
+        cc = channels.shape[1]
+        blocks = list(_channel_blocks(cc, n, self.batch_size))
+        bar = _Progress(len(blocks), f"{type(self).__name__}", self.progress)
+        out = []
+        for c0, c1 in blocks:
+            sel = channels[:, c0:c1]  # (n, b)
+            idx = sel.reshape(n, -1, *([1] * rank)).expand(n, c1 - c0, *a.shape[2:])
+            acts = a.gather(1, idx)  # (n, b, *S)
+            masks = ops.upsample(acts.reshape(-1, *a.shape[2:]), x.shape[2:])
+            masks = ops.minmax_normalize(masks, inplace=True).reshape(n, c1 - c0, *x.shape[2:])
+            batch = (x[:, None] * masks[:, :, None]).transpose(0, 1).reshape(-1, *x.shape[1:])  # channel-major
+            del masks
+            out.append(self._scores_of(self.model(batch), n))
+            bar.step()
+        scores = torch.cat(out, dim=1)  # (n, cc[, K])
+        if cc == c:
+            return scores
+        full = torch.full((n, c) + scores.shape[2:], float("-inf"), dtype=scores.dtype, device=scores.device)
+        index = channels.reshape(n, cc, *([1] * (scores.ndim - 2))).expand_as(scores)
+        return full.scatter(1, index, scores)
+
+    def weights_from(self, scores, base_scores):
+        return scorecam_weights(scores)
+
+
+@register("ablationcam", "ablation-cam")
+class AblationCAM(_PerturbationCAM):
+    """Ablation-CAM: the relative drop of the target score when a channel of the layer is zeroed weighs the channel
+    (see :func:`ablationcam_weights`).
+
+    The ablation is a forward hook on the target layer that replaces its output by copies with one channel zeroed;
+    it is removed before the call returns, also when it raises (the model is never modified).
+
+    Args:
+        model: the model.
+        layers: target layer(s) (default: automatic).
+        batch_size: ablated copies per forward pass.
+        progress: progress bar on stderr (``None``: only for long runs).
+    """
+
+    def perturbed_scores(self, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        """Target scores ``(N, C[, K])`` with each channel of the captured layer zeroed."""
+        n, c = a.shape[:2]
+        blocks = list(_channel_blocks(c, n, self.batch_size))
+        bar = _Progress(len(blocks), f"{type(self).__name__}", self.progress)
+        layer = self._current_layer
+        out = []
+        state: dict = {}
+
+        def hook(module, inputs, output):
+            raw = state["raw"]
+            b = output.shape[0] // n
+            rep = raw.repeat(b, *([1] * (raw.ndim - 1)))
+            view = self.reshape(rep) if self.reshape is not None else rep
+            c0 = state["c0"]
+            for j in range(b):  # zero channel c0 + j in the j-th group of n copies (a view into `rep`)
+                view[j * n : (j + 1) * n, c0 + j] = 0
+            return rep
+
+        handle = layer.register_forward_hook(hook)
+        try:
+            state["raw"] = self._current_raw
+            for c0, c1 in blocks:
+                state["c0"] = c0
+                batch = x.repeat(c1 - c0, *([1] * (x.ndim - 1)))
+                out.append(self._scores_of(self.model(batch), n))
+                bar.step()
+        finally:
+            handle.remove()
+        return torch.cat(out, dim=1)
+
+    def weights_from(self, scores, base_scores):
+        return ablationcam_weights(base_scores, scores)
