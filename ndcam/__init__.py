@@ -20,9 +20,12 @@ from .methods import (
     BaseCAM,
     EigenCAM,
     EigenGradCAM,
+    FullGrad,
     GradCAM,
     GradCAMElementWise,
     GradCAMPlusPlus,
+    GuidedBackprop,
+    GuidedGradCAM,
     HiResCAM,
     LayerCAM,
     ScoreCAM,
@@ -30,6 +33,7 @@ from .methods import (
     get_method,
     methods,
 )
+from .smoothing import Augmentations
 
 __version__ = "0.1.0"
 
@@ -45,6 +49,9 @@ __all__ = [
     "EigenGradCAM",
     "ScoreCAM",
     "AblationCAM",
+    "FullGrad",
+    "GuidedBackprop",
+    "GuidedGradCAM",
     "BaseCAM",
     "explain",
     "Explanation",
@@ -52,6 +59,7 @@ __all__ = [
     "get_method",
     "list_layers",
     "LayerInfo",
+    "Augmentations",
     "targets",
     "ops",
     "NdcamError",

@@ -76,8 +76,11 @@ class Capture:
         rank: int,
         grads: bool = True,
         reshape=None,
+        input_grad: bool = False,
     ) -> None:
         self.model = model
+        self.input_grad = input_grad
+        self.input: torch.Tensor | None = None
         self.layers = layers
         self.rank = rank
         self.need_grads = grads
@@ -164,13 +167,16 @@ class Capture:
         """Drop recorded activations (and the graph hanging from them)."""
         self._raw = []
         self.names = []
+        self.input = None
 
     # -- running ------------------------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Run the model on ``x``: trunk without graph, head with graph (if gradients are needed)."""
         self.clear()
         self._batch = x.shape[0]
-        torch.set_grad_enabled(False)
+        if self.input_grad:  # methods that need d score / d input build the graph from the input on
+            x = self.input = x.detach().requires_grad_(True)
+        torch.set_grad_enabled(self.input_grad)
         try:
             out = self.model(x)
         except NdcamError:
@@ -194,5 +200,17 @@ class Capture:
             return [torch.zeros_like(a) for a in self.activations]
         grads = torch.autograd.grad(scores.sum(), self._raw, retain_graph=retain_graph, allow_unused=True)
         return [self._view(torch.zeros_like(r) if g is None else g) for r, g in zip(self._raw, grads)]
+
+    def input_and_layer_gradients(self, scores: torch.Tensor, retain_graph: bool = False):
+        """``(d scores.sum() / d input, [d scores.sum() / d layer output, ...])`` (needs ``input_grad=True``)."""
+        if self.input is None:
+            raise RuntimeError("Capture was created without input_grad=True")
+        inputs = [self.input, *self._raw]
+        if not scores.requires_grad:
+            zeros = [torch.zeros_like(t) for t in inputs]
+            return zeros[0], [self._view(z) for z in zeros[1:]]
+        grads = torch.autograd.grad(scores.sum(), inputs, retain_graph=retain_graph, allow_unused=True)
+        grads = [torch.zeros_like(t) if g is None else g for t, g in zip(inputs, grads)]
+        return grads[0], [self._view(g) for g in grads[1:]]
 
 

@@ -171,3 +171,62 @@ def ref_normalize(maps):
         if hi - lo > 4 * np.finfo(np.float64).eps * max(abs(hi), abs(lo)):
             out[i] = (maps[i] - lo) / (hi - lo)
     return out
+
+
+def ref_scorecam_scores(model, x, A, targets):
+    """Loop: for each sample and channel, mask the input by the upsampled, min-max normalized channel; score it."""
+    n, c = A.shape[:2]
+    S = np.zeros((n, c))
+    for i in range(n):
+        for k in range(c):
+            m = ref_upsample(A[i, k][None], x.shape[2:])
+            m = ref_normalize(m)[0]
+            masked = x[i : i + 1] * torch.as_tensor(m, dtype=x.dtype)
+            with torch.no_grad():
+                S[i, k] = float(model(masked)[0, targets[i]])
+    return S
+
+
+def ref_ablation_scores(model, layer, x, targets):
+    n = x.shape[0]
+    store = {}
+
+    def capture(m, i, o):
+        store["c"] = o.shape[1]
+
+    h = layer.register_forward_hook(capture)
+    with torch.no_grad():
+        base = model(x)
+    h.remove()
+    c = store["c"]
+    S = np.zeros((n, c))
+    for i in range(n):
+        for k in range(c):
+            def ablate(m, inp, o, k=k):
+                o = o.clone()
+                o[:, k] = 0
+                return o
+
+            h = layer.register_forward_hook(ablate)
+            with torch.no_grad():
+                S[i, k] = float(model(x[i : i + 1])[0, targets[i]])
+            h.remove()
+    y = np.array([float(base[i, targets[i]]) for i in range(n)])
+    return y, S
+
+
+def ref_softmax_rows(S):
+    out = np.zeros_like(S)
+    for i in range(S.shape[0]):
+        e = np.exp(S[i] - S[i].max())
+        out[i] = e / e.sum()
+    return out
+
+
+def ref_weighted(A, W):
+    n, c, *sp = A.shape
+    out = np.zeros([n, *sp])
+    for i in range(n):
+        for k in range(c):
+            out[i] += W[i, k] * A[i, k]
+    return out

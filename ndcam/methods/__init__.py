@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from .activation import CAM, EigenCAM, EigenGradCAM
 from .base import REGISTRY, BaseCAM, register
+from .fullgrad import FullGrad
 from .gradient import GradCAM, GradCAMElementWise, GradCAMPlusPlus, HiResCAM, LayerCAM, XGradCAM
+from .guided import GuidedBackprop, GuidedGradCAM
 from .perturbation import AblationCAM, ScoreCAM
 
 __all__ = [
@@ -22,6 +24,9 @@ __all__ = [
     "EigenGradCAM",
     "ScoreCAM",
     "AblationCAM",
+    "FullGrad",
+    "GuidedBackprop",
+    "GuidedGradCAM",
     "methods",
     "get_method",
 ]

@@ -68,8 +68,8 @@ class CAM(BaseCAM):
     uses_gradients = False
     relu = False
 
-    def __init__(self, model: nn.Module, layers=None, *, fc: str | nn.Module | None = None, reshape=None) -> None:
-        super().__init__(model, layers, reshape=reshape)
+    def __init__(self, model: nn.Module, layers=None, *, fc: str | nn.Module | None = None, **options) -> None:
+        super().__init__(model, layers, **options)
         self._fc = None if fc is None else resolve_layers(model, fc)[0][1]
         if self._fc is not None and not isinstance(self._fc, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
             raise LayerError(f"fc must be an nn.Linear or a kernel-1 convolution, got {type(self._fc).__name__}")
@@ -95,13 +95,13 @@ class CAM(BaseCAM):
             + "; CAM needs global pooling followed by one linear classifier -- pass fc=... or use GradCAM"
         )
 
-    def layer_map(self, activations, gradients, classes):
+    def weights(self, activations, gradients, classes):
         w = self._fc_weight(activations.shape[1]).detach().to(activations.dtype)
         if classes is None:
             raise InputError("CAM needs class indices")
         if w.shape[0] > 1 and int(classes.max()) >= w.shape[0]:
             raise InputError(f"CAM: class {int(classes.max())} out of range for a classifier with {w.shape[0]} classes")
-        return ops.weighted_sum(cam_weights(w, classes), activations)
+        return cam_weights(w, classes)
 
 
 @register("eigencam", "eigen-cam")
@@ -115,6 +115,9 @@ class EigenCAM(BaseCAM):
     def layer_map(self, activations, gradients, classes):
         return eigencam_map(activations)
 
+    def channel_maps(self, activations, gradients, classes):
+        return activations  # its principal component is the Eigen-CAM map already
+
 
 @register("eigengradcam", "eigen-grad-cam")
 class EigenGradCAM(BaseCAM):
@@ -122,3 +125,6 @@ class EigenGradCAM(BaseCAM):
 
     def layer_map(self, activations, gradients, classes):
         return eigengradcam_map(activations, gradients)
+
+    def channel_maps(self, activations, gradients, classes):
+        return gradients * activations

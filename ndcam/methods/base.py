@@ -20,6 +20,7 @@ from .._errors import InputError, InputTypeError
 from ..capture import Capture, ModelState
 from ..explanation import Explanation
 from ..layers import LayerSpec, auto_layer, resolve_layers
+from ..smoothing import Augmentations, smooth
 from ..targets import ClassTarget, TargetSpec, _TopClass, as_score_fn
 
 __all__ = ["BaseCAM", "register", "REGISTRY"]
@@ -89,15 +90,28 @@ class BaseCAM:
 
     registry_name: ClassVar[str] = ""
     uses_gradients: ClassVar[bool] = True
+    input_gradient: ClassVar[bool] = False
     relu: ClassVar[bool] = True
 
-    def __init__(self, model: nn.Module, layers: LayerSpec = None, *, reshape: Callable | None = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        layers: LayerSpec = None,
+        *,
+        reshape: Callable | None = None,
+        eigen_smooth: bool = False,
+        aug_smooth: bool | Augmentations = False,
+    ) -> None:
         if not isinstance(model, nn.Module):
             raise InputTypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if reshape is not None and not callable(reshape):
             raise InputTypeError(f"reshape must be a callable output -> (N, C, *spatial), got {type(reshape).__name__}")
+        if not isinstance(aug_smooth, (bool, Augmentations)):
+            raise InputTypeError(f"aug_smooth must be a bool or ndcam.Augmentations, got {type(aug_smooth).__name__}")
         self.model = model
         self.reshape = reshape
+        self.eigen_smooth = bool(eigen_smooth)
+        self.aug_smooth = aug_smooth
         self._layers = None if layers is None else resolve_layers(model, layers)
 
     # -- context manager: nothing is attached between calls, so exit has only to make sure of that -------------
@@ -119,6 +133,13 @@ class BaseCAM:
     def layer_map(self, activations: torch.Tensor, gradients: torch.Tensor | None, classes: torch.Tensor | None) -> torch.Tensor:
         """Raw map ``(N, *S)`` of one captured layer, before ReLU. Default: weighted sum of activations."""
         return ops.weighted_sum(self.weights(activations, gradients, classes), activations)
+
+    def channel_maps(
+        self, activations: torch.Tensor, gradients: torch.Tensor | None, classes: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Per-channel contributions ``(N, C, *S)`` whose channel sum is :meth:`layer_map` (used by eigen smoothing)."""
+        w = self.weights(activations, gradients, classes)
+        return w.reshape(w.shape + (1,) * (activations.ndim - 2)) * activations
 
     def check_targets(self, targets: TargetSpec) -> None:
         """Method-specific target validation (before any forward pass)."""
@@ -150,15 +171,34 @@ class BaseCAM:
         inference = torch.is_inference_mode_enabled()
         try:
             with torch.inference_mode(False) if inference else _Null():
+                if self.aug_smooth:
+                    return self._run_smoothed(x.detach(), targets, score_fn, class_idx, normalize)
                 return self._run(x.detach(), targets, score_fn, class_idx, upsample, normalize)
         finally:
             state.restore()
 
+    def _run_smoothed(self, x, targets, score_fn, class_idx, normalize: bool) -> Explanation:
+        """Augmentation smoothing (see :mod:`ndcam.smoothing`): maps at the input's resolution."""
+        aug = self.aug_smooth if isinstance(self.aug_smooth, Augmentations) else Augmentations.default(x.ndim - 2, x.shape[2:])
+        aug.validate(x.ndim - 2)
+        first = self._run(x, targets, score_fn, class_idx, True, False)
+        if targets is None:  # fix the classes on the original input
+            targets = first.targets
+            score_fn, class_idx, _ = as_score_fn(targets, x.shape[0], x.device)
+        raw = smooth(lambda xt: self._run(xt, targets, score_fn, class_idx, True, False).maps, x, aug,
+                     k_axis=first.scores.ndim == 2)
+        batch_dims = 2 if first.scores.ndim == 2 else 1
+        lo, hi = ops.spatial_minmax(raw, batch_dims=batch_dims)
+        maps = ops.minmax_normalize(raw, batch_dims=batch_dims, inplace=True) if normalize else raw
+        first.maps, first.raw_min, first.raw_max = maps.float(), lo.float(), hi.float()
+        return first
+
     # -- orchestration --------------------------------------------------------------------------------------------
     def _run(self, x, targets, score_fn, class_idx, upsample: bool, normalize: bool) -> Explanation:
         rank = x.ndim - 2
-        layers = self._layers if self._layers is not None else [auto_layer(self.model, x)]
-        with Capture(self.model, layers, rank, grads=self.uses_gradients, reshape=self.reshape) as cap:
+        layers = self._layers if self._layers is not None else self._default_layers(x)
+        with Capture(self.model, layers, rank, grads=self.uses_gradients, reshape=self.reshape,
+                     input_grad=self.input_gradient) as cap:
             output = cap.forward(x)
             scores = score_fn(output)
             scores = self._check_scores(scores, x.shape[0])
@@ -184,6 +224,10 @@ class BaseCAM:
             input_shape=tuple(x.shape),
         )
 
+    def _default_layers(self, x: torch.Tensor) -> list[tuple[str, nn.Module]]:
+        """Layers used when ``layers=None``: the automatic choice."""
+        return [auto_layer(self.model, x)]
+
     def _layer_maps(self, cap: Capture, x: torch.Tensor, sc: torch.Tensor, class_idx: torch.Tensor | None,
                     score_fn: Callable) -> list[torch.Tensor]:
         """Raw maps ``(N, K, *S_l)``, one per captured layer call, for the K target scores ``sc`` ``(N, K)``."""
@@ -202,7 +246,11 @@ class BaseCAM:
         if a.dtype in (torch.float16, torch.bfloat16):
             a = a.float()
             g = None if g is None else g.float()
-        m = self.layer_map(a, g, classes)
+        if self.eigen_smooth:
+            # eigen smoothing: first principal component of the channel contributions (sign: along their sum)
+            m = ops.first_principal_component(self.channel_maps(a, g, classes))
+        else:
+            m = self.layer_map(a, g, classes)
         return torch.relu(m) if self.relu else m
 
     @staticmethod

@@ -147,6 +147,9 @@ class HiResCAM(BaseCAM):
     def layer_map(self, activations, gradients, classes):
         return hirescam_map(activations, gradients)
 
+    def channel_maps(self, activations, gradients, classes):
+        return gradients * activations
+
 
 @register("gradcamelementwise", "gradcam-elementwise")
 class GradCAMElementWise(BaseCAM):
@@ -154,6 +157,9 @@ class GradCAMElementWise(BaseCAM):
 
     def layer_map(self, activations, gradients, classes):
         return elementwise_map(activations, gradients)
+
+    def channel_maps(self, activations, gradients, classes):
+        return torch.relu(gradients * activations)
 
 
 @register("layercam")
@@ -166,3 +172,7 @@ class LayerCAM(BaseCAM):
 
     def layer_map(self, activations, gradients, classes):
         return layercam_map(activations, gradients)
+
+
+    def channel_maps(self, activations, gradients, classes):
+        return torch.relu(gradients) * activations

@@ -13,7 +13,7 @@ exactly as in an ordinary call.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -90,8 +90,8 @@ class _PerturbationCAM(BaseCAM):
     uses_gradients = False
 
     def __init__(self, model: nn.Module, layers=None, *, batch_size: int = 64, progress: bool | None = None,
-                 reshape: Callable | None = None) -> None:
-        super().__init__(model, layers, reshape=reshape)
+                 **options) -> None:
+        super().__init__(model, layers, **options)
         self.batch_size = _check_batch_size(batch_size)
         self.progress = progress
 
@@ -122,7 +122,11 @@ class _PerturbationCAM(BaseCAM):
                 scores = scores if scores.ndim == 3 else scores[..., None]
                 maps = []
                 for k in range(sc.shape[1]):
-                    m = ops.weighted_sum(self.weights_from(scores[..., k], sc[:, k]).to(a.dtype), a)
+                    w = self.weights_from(scores[..., k], sc[:, k]).to(a.dtype)
+                    if self.eigen_smooth:
+                        m = ops.first_principal_component(w.reshape(w.shape + (1,) * (a.ndim - 2)) * a)
+                    else:
+                        m = ops.weighted_sum(w, a)
                     maps.append(torch.relu(m) if self.relu else m)
                 out.append(torch.stack(maps, dim=1))
         finally:
@@ -155,8 +159,8 @@ class ScoreCAM(_PerturbationCAM):
     """
 
     def __init__(self, model: nn.Module, layers=None, *, batch_size: int = 64, top_k: int | None = None,
-                 progress: bool | None = None, reshape: Callable | None = None) -> None:
-        super().__init__(model, layers, batch_size=batch_size, progress=progress, reshape=reshape)
+                 progress: bool | None = None, **options) -> None:
+        super().__init__(model, layers, batch_size=batch_size, progress=progress, **options)
         if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
             raise InputError(f"top_k must be None or a positive int, got {top_k!r}")
         self.top_k = top_k

@@ -1,0 +1,91 @@
+r"""FullGrad: input-gradient plus the bias-gradients of every convolution and BatchNorm, any rank.
+
+Srinivas & Fleuret, "Full-Gradient Representation for Neural Network Visualization", NeurIPS 2019,
+https://arxiv.org/abs/1905.00780:
+
+.. math::
+    S(x) = \psi\Big(\sum_{ch}\, \phi(\nabla_x y \odot x)\Big)
+         + \sum_{l} \psi\Big(\sum_{ch}\, \phi(\nabla_{z_l} y \odot b_l)\Big)
+
+where :math:`z_l` is the output of layer :math:`l` (every ``Conv1d/2d/3d`` with a bias and every
+``BatchNorm1d/2d/3d`` of the input's rank), :math:`b_l` its bias per channel (for BatchNorm the effective bias
+:math:`\beta - \mu\gamma/\sqrt{\sigma^2 + \epsilon}`), :math:`\phi` the authors' post-processing (absolute value, then
+min-max over all channels and positions of each sample) and :math:`\psi` the upsampling to the input's size
+(``align_corners=False``; the authors' 2D code uses ``True``). The backward runs through the whole network by
+definition; still no parameter ``.grad`` is written.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .. import ops
+from .._errors import LayerError
+from .base import BaseCAM, register
+
+__all__ = ["fullgrad_postprocess", "effective_bias", "FullGrad"]
+
+_CONVS = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
+_BNS = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
+#: epsilon of the authors' min-max post-processing
+FULLGRAD_EPS = 1e-6
+
+
+def fullgrad_postprocess(t: torch.Tensor, eps: float = FULLGRAD_EPS) -> torch.Tensor:
+    """Absolute value, then per-sample min-max over all channels and positions: ``(N, C, *S) -> (N, C, *S)``."""
+    t = t.abs()
+    flat = t.reshape(t.shape[0], -1)
+    lo = flat.amin(1).reshape((-1,) + (1,) * (t.ndim - 1))
+    t = t - lo
+    hi = t.reshape(t.shape[0], -1).amax(1).reshape((-1,) + (1,) * (t.ndim - 1))
+    return t / (hi + eps)
+
+
+def effective_bias(module: nn.Module) -> torch.Tensor | None:
+    """The per-channel bias a layer adds: a convolution's bias, or BatchNorm's ``beta - mean * gamma / sqrt(var+eps)``."""
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        if module.running_mean is None:
+            return None
+        scale = module.weight if module.weight is not None else torch.ones_like(module.running_var)
+        shift = module.bias if module.bias is not None else torch.zeros_like(module.running_mean)
+        return (shift - module.running_mean * scale / torch.sqrt(module.running_var + module.eps)).detach()
+    bias = getattr(module, "bias", None)
+    return None if bias is None else bias.detach()
+
+
+@register("fullgrad")
+class FullGrad(BaseCAM):
+    """FullGrad saliency (see the module docstring). ``layers=None`` uses every convolution with a bias and every
+    BatchNorm of the input's rank; a list of layers restricts the bias-gradient terms to those.
+    """
+
+    input_gradient = True
+    relu = False
+
+    def _default_layers(self, x: torch.Tensor) -> list[tuple[str, nn.Module]]:
+        rank = x.ndim - 2
+        kinds = tuple(k for k in (_CONVS.get(rank), _BNS.get(rank)) if k is not None)
+        layers = [(n, m) for n, m in self.model.named_modules() if n and isinstance(m, kinds)
+                  and effective_bias(m) is not None]
+        if not layers:
+            raise LayerError(f"FullGrad found no convolution or BatchNorm with a bias for a rank-{rank} input; pass layers=")
+        return layers
+
+    def _layer_maps(self, cap, x, sc, class_idx, score_fn):
+        size = tuple(x.shape[2:])
+        modules = dict(cap.layers)
+        biases = [effective_bias(modules[name]) for name in cap.names]
+        inp = cap.input.detach()
+        maps = []
+        k_total = sc.shape[1]
+        for k in range(k_total):
+            g_in, g_layers = cap.input_and_layer_gradients(sc[:, k], retain_graph=k < k_total - 1)
+            total = fullgrad_postprocess(g_in * inp).sum(1)
+            for g, b in zip(g_layers, biases):
+                if b is None:
+                    continue
+                term = fullgrad_postprocess(g * b.to(g.dtype).reshape((1, -1) + (1,) * (g.ndim - 2))).sum(1)
+                total = total + ops.upsample(term, size)
+            maps.append(total.detach())
+        return [torch.stack(maps, dim=1)]

@@ -1,0 +1,111 @@
+r"""Guided Backpropagation and Guided Grad-CAM, any rank.
+
+Guided Backpropagation (Springenberg et al., "Striving for Simplicity: The All Convolutional Net", ICLR-W 2015,
+https://arxiv.org/abs/1412.6806) backpropagates through every ``nn.ReLU`` only where both the forward input and the
+incoming gradient are positive: :math:`R_{in} = [z > 0]\,[R_{out} > 0]\,R_{out}`. ReLUs written as functions
+(``torch.relu``/``F.relu`` inside ``forward``) are not modules and keep their ordinary backward, as in the peers.
+
+Guided Grad-CAM (Selvaraju et al. 2017) multiplies the guided gradient by the upsampled Grad-CAM map.
+
+Maps are ``(N, *spatial)``: the guided gradient's absolute value summed over input channels (the per-channel
+gradient is available from :meth:`GuidedBackprop.guided_gradients`). The guiding is done by forward hooks on the
+ReLU modules that route their output through a guided autograd function; the hooks are removed before the call
+returns, also when it raises.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .. import ops
+from ..explanation import Explanation
+from .base import BaseCAM, register
+from .gradient import GradCAM
+
+__all__ = ["GuidedBackprop", "GuidedGradCAM", "guided_relu"]
+
+
+class _GuidedReLU(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, out: torch.Tensor) -> torch.Tensor:  # out = relu(z) already
+        ctx.save_for_backward(out)
+        return out.clone()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (out,) = ctx.saved_tensors
+        return grad.clamp(min=0) * (out > 0).to(grad.dtype)
+
+
+def guided_relu(out: torch.Tensor) -> torch.Tensor:
+    """Identity on a ReLU's output whose backward keeps only positive gradients where the ReLU was active."""
+    return _GuidedReLU.apply(out)
+
+
+def _hook(module, inputs, output):
+    return guided_relu(output)
+
+
+@register("guidedbackprop", "guided-backprop")
+class GuidedBackprop(BaseCAM):
+    """Guided Backpropagation: input gradient through guided ReLUs; map = sum over channels of its magnitude.
+
+    ``layers`` is not used (the gradient is taken with respect to the input).
+    """
+
+    input_gradient = True
+    relu = False
+
+    def _default_layers(self, x):
+        return []
+
+    def _run(self, x, targets, score_fn, class_idx, upsample, normalize):
+        handles = [m.register_forward_hook(_hook) for m in self.model.modules() if isinstance(m, nn.ReLU)]
+        try:
+            return super()._run(x, targets, score_fn, class_idx, upsample, normalize)
+        finally:
+            for h in handles:
+                h.remove()
+
+    def _layer_maps(self, cap, x, sc, class_idx, score_fn):
+        maps = []
+        k_total = sc.shape[1]
+        for k in range(k_total):
+            g_in, _ = cap.input_and_layer_gradients(sc[:, k], retain_graph=k < k_total - 1)
+            if self._store is not None:
+                self._store.append(g_in.detach())
+            maps.append(g_in.abs().sum(1))
+        return [torch.stack(maps, dim=1)]
+
+    _store: list | None = None
+
+    def guided_gradients(self, x: torch.Tensor, targets=None) -> torch.Tensor:
+        """The guided gradient itself: ``(N, C, *spatial)``, or ``(N, K, C, *spatial)`` for K targets per sample."""
+        self._store = []
+        try:
+            exp = self.explain(x, targets, normalize=False)
+            grads = torch.stack(self._store, dim=1)
+            return grads if exp.scores.ndim == 2 else grads[:, 0]
+        finally:
+            self._store = None
+
+
+@register("guidedgradcam", "guided-gradcam")
+class GuidedGradCAM(BaseCAM):
+    """Guided Grad-CAM: Guided Backpropagation (channel-summed magnitude) times the upsampled Grad-CAM map.
+
+    Runs two forward passes (one guided, one for Grad-CAM); maps are at the input's resolution whatever ``upsample``.
+    """
+
+    def explain(self, x, targets=None, *, upsample=True, normalize=True):
+        guided = GuidedBackprop(self.model).explain(x, targets, normalize=False)
+        layers = None if self._layers is None else [m for _, m in self._layers]
+        cam = GradCAM(self.model, layers, reshape=self.reshape).explain(x, targets, normalize=False)
+        maps = guided.maps * cam.maps
+        batch_dims = 2 if cam.scores.ndim == 2 else 1
+        lo, hi = ops.spatial_minmax(maps, batch_dims=batch_dims)
+        if normalize:
+            maps = ops.minmax_normalize(maps, batch_dims=batch_dims)
+        return Explanation(maps=maps.float(), scores=cam.scores, targets=cam.targets, layers=cam.layers,
+                           method=self.registry_name, raw_min=lo.float(), raw_max=hi.float(), input_shape=cam.input_shape)
