@@ -13,7 +13,7 @@ from . import ops, targets
 from ._errors import ForwardError, InputError, InputTypeError, LayerError, NdcamError
 from .explain import explain
 from .explanation import Explanation
-from .layers import LayerInfo, list_layers
+from .layers import LayerInfo, TokenGrid, list_layers
 from .methods import (
     CAM,
     AblationCAM,
@@ -59,6 +59,7 @@ __all__ = [
     "get_method",
     "list_layers",
     "LayerInfo",
+    "TokenGrid",
     "Augmentations",
     "targets",
     "ops",

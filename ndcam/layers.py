@@ -17,6 +17,7 @@ head convolution before global pooling. The model itself (the root module) is ne
 from __future__ import annotations
 
 import difflib
+import math
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ from torch import nn
 
 from ._errors import InputError, InputTypeError, LayerError, forward_failed
 
-__all__ = ["LayerInfo", "LayerSpec", "resolve_layers", "auto_layer", "list_layers", "module_name"]
+__all__ = ["LayerInfo", "LayerSpec", "TokenGrid", "resolve_layers", "auto_layer", "list_layers", "module_name"]
 
 LayerSpec = Union[None, str, nn.Module, Sequence[Union[str, nn.Module]]]
 
@@ -264,3 +265,60 @@ def list_layers(model: nn.Module, x: torch.Tensor, *, spatial_only: bool = False
         seen.setdefault(info.name, info)
     infos = list(seen.values())
     return [i for i in infos if i.spatial] if spatial_only else infos
+
+
+class TokenGrid:
+    """``reshape=`` adapter for token models: ``(N, T, D)`` tokens -> ``(N, D, *grid)`` of any rank (a view).
+
+    Args:
+        grid: the patch grid, e.g. ``(T,)`` for a 1D audio/ECG transformer, ``(14, 14)`` for a ViT-B/16 at 224,
+            ``(8, 8, 8)`` for a volume transformer. ``None`` infers it from the token count for a given ``rank``:
+            all tokens for rank 1, a square/cubic grid for rank 2/3.
+        prefix: number of leading non-patch tokens to drop (class token, distillation token, registers).
+        rank: spatial rank used when ``grid`` is ``None``.
+        channels_last: the layer gives ``(N, *grid, D)`` (Swin-style) instead of tokens; it is only permuted.
+
+    Example:
+        >>> import torch
+        >>> TokenGrid((2, 3), prefix=1)(torch.randn(4, 7, 16)).shape
+        torch.Size([4, 16, 2, 3])
+        >>> TokenGrid(rank=1, prefix=1)(torch.randn(4, 11, 8)).shape
+        torch.Size([4, 8, 10])
+    """
+
+    def __init__(self, grid: Sequence[int] | None = None, prefix: int = 0, *, rank: int | None = None,
+                 channels_last: bool = False) -> None:
+        if grid is None and rank is None and not channels_last:
+            raise InputError("TokenGrid needs grid=(...) or rank= to infer the grid")
+        self.grid = None if grid is None else tuple(int(g) for g in grid)
+        self.prefix = int(prefix)
+        self.rank = len(self.grid) if self.grid is not None else rank
+        self.channels_last = channels_last
+
+    def __repr__(self) -> str:
+        return f"TokenGrid(grid={self.grid}, prefix={self.prefix}, rank={self.rank}, channels_last={self.channels_last})"
+
+    def __call__(self, t: torch.Tensor) -> torch.Tensor:
+        if not isinstance(t, torch.Tensor):
+            raise LayerError(f"TokenGrid expects the layer to output a tensor, got {type(t).__name__}")
+        if self.channels_last:
+            return t.movedim(-1, 1)
+        if t.ndim != 3:
+            raise LayerError(f"TokenGrid expects tokens (N, T, D), got {tuple(t.shape)}")
+        tokens = t[:, self.prefix :]
+        count = tokens.shape[1]
+        grid = self.grid or self._infer(count)
+        if math.prod(grid) != count:
+            raise LayerError(
+                f"TokenGrid: {count} patch tokens (after dropping {self.prefix} prefix tokens of {t.shape[1]}) do not "
+                f"fill the grid {grid} ({math.prod(grid)} cells); set grid= and prefix= to the model's layout"
+            )
+        return tokens.transpose(1, 2).unflatten(2, grid)
+
+    def _infer(self, count: int) -> tuple[int, ...]:
+        side = round(count ** (1 / self.rank))
+        if side**self.rank != count:
+            raise LayerError(
+                f"TokenGrid cannot infer a rank-{self.rank} grid from {count} tokens (not a perfect power); pass grid="
+            )
+        return (side,) * self.rank
