@@ -262,14 +262,17 @@ def write_results(rows, args) -> None:
                 f"{fmt(r['mem_gradcam++'])} | {fmt(r['mem_monai-gradcam'])} |"
             )
     block = "\n".join(lines) + "\n"
-    out = Path(args.out)
-    marker_start = f"<!-- speed:{dev}{':quick' if args.quick else ''} -->"
-    marker_end = f"<!-- /speed:{dev}{':quick' if args.quick else ''} -->"
+    update_results(Path(args.out), f"speed:{dev}{':quick' if args.quick else ''}", block)
+
+
+def update_results(out: Path, key: str, block: str) -> None:
+    """Replace (or append) the block between ``<!-- key -->`` markers in RESULTS.md."""
+    start, end = f"<!-- {key} -->", f"<!-- /{key} -->"
     text = out.read_text() if out.exists() else "# Benchmark results\n\n"
-    new = f"{marker_start}\n{block}{marker_end}"
-    if marker_start in text:
-        pre, rest = text.split(marker_start, 1)
-        post = rest.split(marker_end, 1)[1] if marker_end in rest else ""
+    new = f"{start}\n{block}{end}"
+    if start in text:
+        pre, rest = text.split(start, 1)
+        post = rest.split(end, 1)[1] if end in rest else ""
         text = pre + new + post
     else:
         text = text.rstrip("\n") + "\n\n" + new + "\n"
