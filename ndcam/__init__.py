@@ -9,7 +9,7 @@ torch.Size([1, 16, 16, 16])
 
 from __future__ import annotations
 
-from . import ops, targets
+from . import metrics, ops, targets
 from ._errors import ForwardError, InputError, InputTypeError, LayerError, NdcamError
 from .explain import explain
 from .explanation import Explanation
@@ -63,6 +63,7 @@ __all__ = [
     "Augmentations",
     "targets",
     "ops",
+    "metrics",
     "NdcamError",
     "InputError",
     "InputTypeError",
