@@ -133,8 +133,9 @@ class _PerturbationCAM(BaseCAM):
             self._score_fn = self._current_layer = self._current_raw = None
         return out
 
-    def _scores_of(self, output: torch.Tensor, n: int) -> torch.Tensor:
-        """Target scores of a channel-major perturbed output ``(b * n, ...)`` -> ``(n, b)`` or ``(n, b, K)``."""
+    def _scores_of(self, batch: torch.Tensor, n: int) -> torch.Tensor:
+        """Forward a channel-major perturbed batch ``(b * n, ...)``; target scores ``(n, b)`` or ``(n, b, K)``."""
+        output = self.model(batch)
         b = output.shape[0] // n
         parts = [self._check_scores(self._score_fn(output[i * n : (i + 1) * n]), n) for i in range(b)]
         return torch.stack(parts, dim=1)
@@ -177,14 +178,16 @@ class ScoreCAM(_PerturbationCAM):
         bar = _Progress(len(blocks), f"{type(self).__name__}", self.progress)
         out = []
         for c0, c1 in blocks:
-            sel = channels[:, c0:c1]  # (n, b)
-            idx = sel.reshape(n, -1, *([1] * rank)).expand(n, c1 - c0, *a.shape[2:])
-            acts = a.gather(1, idx)  # (n, b, *S)
-            masks = ops.upsample(acts.reshape(-1, *a.shape[2:]), x.shape[2:])
-            masks = ops.minmax_normalize(masks, inplace=True).reshape(n, c1 - c0, *x.shape[2:])
-            batch = (x[:, None] * masks[:, :, None]).transpose(0, 1).reshape(-1, *x.shape[1:])  # channel-major
+            b = c1 - c0
+            sel = channels[:, c0:c1].T  # (b, n): channel-major from the start, so no batch-sized copy is needed
+            idx = sel.reshape(b, n, 1, *([1] * rank)).expand(b, n, 1, *a.shape[2:])
+            acts = a[None].expand(b, *a.shape).gather(2, idx)[:, :, 0]  # (b, n, *S)
+            masks = ops.upsample(acts.reshape(b * n, *a.shape[2:]), x.shape[2:])
+            masks = ops.minmax_normalize(masks, inplace=True)  # (b * n, *X)
+            batch = masks.reshape(b, n, 1, *x.shape[2:]) * x[None]  # (b, n, C_in, *X), contiguous
             del masks
-            out.append(self._scores_of(self.model(batch), n))
+            out.append(self._scores_of(batch.reshape(b * n, *x.shape[1:]), n))
+            del batch
             bar.step()
         scores = torch.cat(out, dim=1)  # (n, cc[, K])
         if cc == c:
@@ -237,7 +240,7 @@ class AblationCAM(_PerturbationCAM):
             for c0, c1 in blocks:
                 state["c0"] = c0
                 batch = x.repeat(c1 - c0, *([1] * (x.ndim - 1)))
-                out.append(self._scores_of(self.model(batch), n))
+                out.append(self._scores_of(batch, n))
                 bar.step()
         finally:
             handle.remove()
