@@ -24,9 +24,10 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
+from speed import update_results  # noqa: E402
+
 import ndcam  # noqa: E402
 from ndcam import data, metrics  # noqa: E402
-from speed import update_results  # noqa: E402
 
 SLOW = {"scorecam", "ablationcam"}
 
@@ -67,8 +68,8 @@ def run(quick: bool, log=print):
             maps = ndcam.explain(model, xp, name, targets=1).maps
             sanity = metrics.randomization_sanity(name, model, xp[:8], 1).final
             rows[name] = evaluate(model, xp, mp, maps, sanity)
-        g = torch.Generator().manual_seed(0)
-        rows["(random map)"] = evaluate(model, xp, mp, torch.rand(mp.shape, generator=g), float("nan"))
+        rows["(random noise map)"] = evaluate(model, xp, mp, data.random_maps(mp.shape, smooth=1), float("nan"))
+        rows["(random smooth map)"] = evaluate(model, xp, mp, data.random_maps(mp.shape, smooth=4), float("nan"))
         rows["(centre map)"] = evaluate(model, xp, mp, centre_map(mp.shape, xp.device), float("nan"))
         tables[rank] = (acc, test_acc, len(xp), rows)
         log(f"rank {rank}: train acc {acc:.2f}, test acc {test_acc:.2f}, {time.time() - t0:.0f} s")
@@ -90,7 +91,8 @@ def main(argv=None) -> int:
         f"Machine: {platform.machine()}, {os.cpu_count()} cores; torch {torch.__version__}, ndcam {ndcam.__version__}. "
         f"Command: `python benchmarks/quality.py{' --quick' if args.quick else ''}`. Held-out positives, target class 1. "
         "Pointing game, energy pointing game, IoU, insertion: higher is better; deletion, Average Drop (%), sanity "
-        "(Spearman correlation after randomizing all weights): lower is better.",
+        "(Spearman correlation after randomizing all weights): lower is better. Baselines: white noise, smooth noise "
+        "(uniform noise on a 4x coarser grid, upsampled: a CAM's smoothness) and a centred Gaussian bump.",
     ]
     for rank, (acc, test_acc, n, rows) in tables.items():
         lines += ["", f"**{names[rank]}** -- train accuracy {acc:.2f}, test accuracy {test_acc:.2f}, {n} positives", "",

@@ -2,9 +2,10 @@
 
 * rank 1 -- :func:`ecg_task`: ECG-like beat trains; class 1 has one abnormal (wide, inverted) beat, whose window is the
   mask;
-* rank 2 -- :func:`scene_task`: images with square distractors; class 1 holds a ring, whose pixels are the mask;
-* rank 3 -- :func:`volume_task`: volumes with cube distractors; class 1 holds a lesion-like blob, whose voxels are
-  the mask.
+* rank 2 -- :func:`scene_task`: images with 1-3 square distractors; class 1 also holds a ring, whose disk is the
+  mask;
+* rank 3 -- :func:`volume_task`: volumes with 1-3 cube distractors; class 1 also holds a lesion-like blob, whose
+  voxels are the mask.
 
 Each returns ``(x, y, mask)``: ``x`` float32 ``(N, C, *spatial)``, ``y`` long ``(N,)``, ``mask`` bool ``(N, *spatial)``
 (all-False for class 0).
@@ -19,7 +20,20 @@ from torch import nn
 
 from .models import bn, conv
 
-__all__ = ["ecg_task", "scene_task", "volume_task", "task", "TinyNet", "train_tiny"]
+__all__ = ["ecg_task", "scene_task", "volume_task", "task", "TinyNet", "train_tiny", "random_maps"]
+
+
+def random_maps(shape, *, smooth: int = 4, seed: int = 0) -> torch.Tensor:
+    """Random baseline maps ``(N, *spatial)`` in ``[0, 1]``: uniform noise on a grid ``smooth`` times coarser than
+    ``spatial``, upsampled (multi)linearly -- the spatial statistics of a CAM with random weights. ``smooth=1``
+    gives white noise.
+    """
+    from . import ops
+
+    n, *spatial = shape
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(n, *[max(1, s // smooth) for s in spatial], generator=g)
+    return ops.minmax_normalize(ops.upsample(coarse, spatial))
 
 
 def ecg_task(n: int = 256, length: int = 720, seed: int = 0, fs: float = 360.0):
@@ -57,14 +71,16 @@ def _grid(shape):
 
 
 def scene_task(n: int = 256, size: int = 32, seed: int = 0):
-    """Grey images with 2 square distractors; class 1 also holds a bright ring."""
+    """Grey images with one to three bright squares (same distribution in both classes); class 1 also holds a ring.
+    The number of objects varies within each class, so neither counting nor total brightness decides: the ring does.
+    """
     g = torch.Generator().manual_seed(seed)
     yy, xx = _grid((size, size))
     x = 0.1 * torch.randn(n, 1, size, size, generator=g)
     mask = torch.zeros(n, size, size, dtype=torch.bool)
     y = torch.arange(n) % 2
     for i in range(n):
-        for _ in range(2):
+        for _ in range(int(torch.randint(1, 4, (1,), generator=g))):
             cy, cx = torch.randint(2, size - 8, (2,), generator=g).tolist()
             x[i, 0, cy : cy + 6, cx : cx + 6] += 1.0
         if y[i] == 1:
@@ -77,14 +93,16 @@ def scene_task(n: int = 256, size: int = 32, seed: int = 0):
 
 
 def volume_task(n: int = 96, size: int = 20, seed: int = 0):
-    """Volumes with 2 cube distractors; class 1 also holds a Gaussian blob (a lesion)."""
+    """Volumes with one to three bright cubes (same distribution in both classes); class 1 also holds a Gaussian blob
+    (a lesion). Neither counting nor total brightness decides: the blob does.
+    """
     g = torch.Generator().manual_seed(seed)
     zz, yy, xx = _grid((size, size, size))
     x = 0.1 * torch.randn(n, 1, size, size, size, generator=g)
     mask = torch.zeros(n, size, size, size, dtype=torch.bool)
     y = torch.arange(n) % 2
     for i in range(n):
-        for _ in range(2):
+        for _ in range(int(torch.randint(1, 4, (1,), generator=g))):
             c = torch.randint(1, size - 5, (3,), generator=g).tolist()
             x[i, 0, c[0] : c[0] + 4, c[1] : c[1] + 4, c[2] : c[2] + 4] += 0.8
         if y[i] == 1:
@@ -129,7 +147,9 @@ def train_tiny(x: torch.Tensor, y: torch.Tensor, *, epochs: int = 6, seed: int =
     """Train a :class:`TinyNet` on ``(x, y)``; returns the model (eval mode) and its training accuracy."""
     torch.manual_seed(seed)
     rank = x.ndim - 2
-    kw = {"kernel": 7} if rank == 1 else {}
+    # 1D: wider kernels for beat-scale features; 2D/3D: one pooling stage keeps a 16^2 / 10^3 map, and a receptive
+    # field about the objects' size (deeper tiny nets learn to count the distractors instead of seeing the shape)
+    kw = {1: {"kernel": 7}, 2: {"blocks": 2}, 3: {"blocks": 2}}.get(rank, {})
     kw.update(net_kwargs)
     model = TinyNet(rank, x.shape[1], int(y.max()) + 1, **kw)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
