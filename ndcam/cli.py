@@ -10,9 +10,8 @@ Errors are one clear line on stderr and exit code 2 (``--debug`` shows the trace
 from __future__ import annotations
 
 import argparse
-import base64
 import html
-import io
+import json
 import os
 import shutil
 import sys
@@ -22,20 +21,9 @@ from pathlib import Path
 
 import torch
 
-from ._errors import NdcamError
-
 DEMO_METHODS = ["gradcam", "gradcam++", "hirescam", "layercam", "xgradcam", "eigencam"]
 RANK_NAMES = {1: "1D ECG-like beat trains (abnormal beat)", 2: "2D scenes (ring among squares)",
               3: "3D volumes (blob among cubes)"}
-
-
-def _png(fig) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90)
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
-    return buf.getvalue()
 
 
 def pointing_game(maps: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
@@ -48,6 +36,7 @@ def pointing_game(maps: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
 def demo(out: Path, quick: bool = False, log=print) -> dict:
     """Run the demo into ``out``; returns the scores table ``{rank: {method: pointing game}}``."""
     from . import data, explain, viz
+    from .report import png_bytes
 
     t0 = time.time()
     results: dict[int, dict[str, float]] = {}
@@ -68,16 +57,41 @@ def demo(out: Path, quick: bool = False, log=print) -> dict:
             exp = explain(model, xt, method=m, targets=1)
             maps[m] = exp.maps
             results[rank][m] = float(pointing_game(exp.maps, mt).float().mean())
-        grid = _png(viz.plot_grid(xt, maps, index=0, fs=360.0 if rank == 1 else None))
-        view = _png(explain(model, xt, method="gradcam", targets=1).plot(xt, index=0, **({"fs": 360.0} if rank == 1 else {})))
+        grid = png_bytes(viz.plot_grid(xt, maps, index=0, fs=360.0 if rank == 1 else None))
+        exp = explain(model, xt, method="gradcam", targets=1)
+        view = png_bytes(exp.plot(xt, index=0, **({"fs": 360.0} if rank == 1 else {})))
         files[f"rank{rank}_methods.png"] = grid
         files[f"rank{rank}_gradcam.png"] = view
         log(f"[{rank}D] {RANK_NAMES[rank]}: train acc {acc:.2f}, test acc {test_acc:.2f}, pointing game "
             + ", ".join(f"{k} {v:.2f}" for k, v in results[rank].items()))
-        sections.append((rank, acc, test_acc, grid, view))
-    report = _report(sections, results, time.time() - t0)
-    files["report.html"] = report.encode()
-    # write atomically: nothing half-written is left in the output folder
+        extra = (xt[0, 0], exp.maps[0]) if rank == 3 else None
+        sections.append((rank, acc, test_acc, grid, view, extra))
+    files["report.html"] = _report(sections, results, time.time() - t0).encode()
+    _write_atomic(out, files)
+    log(f"wrote {len(files)} files to {out} in {time.time() - t0:.0f} s (open {out / 'report.html'})")
+    return results
+
+
+def _report(sections, results, seconds: float) -> str:
+    from . import __version__
+    from .report import html_report, table, volume_slider
+
+    blocks: list = [("", f"<p>ndcam {html.escape(__version__)}, torch {html.escape(torch.__version__)}, {seconds:.0f} s. "
+                         "Tiny models trained on synthetic tasks with known evidence; maps of held-out positive samples "
+                         "(target class 1).</p>"),
+                    ("Pointing game (map maximum inside the ground-truth region)",
+                     table([[f"{r}D"] + [f"{results[r][m]:.2f}" for m in DEMO_METHODS] for r in results],
+                           ["rank"] + DEMO_METHODS))]
+    for rank, acc, test_acc, grid, view, extra in sections:
+        blocks += [(f"{rank}D: {RANK_NAMES[rank]}", f"<p>train accuracy {acc:.2f}, test accuracy {test_acc:.2f}</p>"),
+                   ("", view), ("", grid)]
+        if extra is not None:
+            blocks.append(("Grad-CAM slice by slice", volume_slider(extra[0], extra[1], f"vol{rank}")))
+    return html_report("ndcam demo", blocks)
+
+
+def _write_atomic(out: Path, files: dict[str, bytes]) -> None:
+    """Write every file into a temporary folder next to ``out`` and move them in: nothing half-written is left."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".ndcam-", dir=out.parent))
     try:
@@ -88,48 +102,78 @@ def demo(out: Path, quick: bool = False, log=print) -> dict:
             os.replace(tmp / name, out / name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    log(f"wrote {len(files)} files to {out} in {time.time() - t0:.0f} s (open {out / 'report.html'})")
-    return results
-
-
-def _report(sections, results, seconds: float) -> str:
-    from . import __version__
-
-    def img(b: bytes) -> str:
-        return f'<img src="data:image/png;base64,{base64.b64encode(b).decode()}" style="max-width:100%">'
-
-    rows = "".join(
-        f"<tr><td>{r}D</td>" + "".join(f"<td>{results[r][m]:.2f}</td>" for m in DEMO_METHODS) + "</tr>" for r in results
-    )
-    body = [
-        "<h1>ndcam demo</h1>",
-        f"<p>ndcam {html.escape(__version__)}, torch {html.escape(torch.__version__)}, {seconds:.0f} s. Tiny models trained "
-        "on synthetic tasks with known evidence; maps of held-out positive samples (target class 1).</p>",
-        "<h2>Pointing game (map maximum inside the ground-truth region)</h2>",
-        "<table border=1 cellpadding=4><tr><th>rank</th>"
-        + "".join(f"<th>{html.escape(m)}</th>" for m in DEMO_METHODS) + f"</tr>{rows}</table>",
-    ]
-    for rank, acc, test_acc, grid, view in sections:
-        body += [f"<h2>{rank}D: {html.escape(RANK_NAMES[rank])}</h2>",
-                 f"<p>train accuracy {acc:.2f}, test accuracy {test_acc:.2f}</p>", img(view), img(grid)]
-    return ("<!doctype html><html><head><meta charset='utf-8'><title>ndcam demo</title>"
-            "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}</style></head><body>"
-            + "\n".join(body) + "</body></html>")
 
 
 def _cmd_layers(args) -> int:
+    from .io import load_model
     from .layers import list_layers
 
-    factory = args.model
-    if ":" not in factory:
-        raise NdcamError(f"--model must be package.module:factory, got {factory!r}")
-    mod, fn = factory.split(":", 1)
-    import importlib
-
-    model = getattr(importlib.import_module(mod), fn)()
+    model = load_model(args.model, getattr(args, "weights", None))
     shape = tuple(int(s) for s in args.shape.split(","))
     for info in list_layers(model, torch.zeros(shape)):
         print(info)
+    return 0
+
+
+def _cmd_explain(args) -> int:
+    from . import viz
+    from .explain import explain
+    from .io import load_input, load_model, save_maps
+    from .methods import get_method
+    from .report import html_report, png_bytes, table, volume_slider
+
+    cls = get_method(args.method)  # unknown method: clear error before loading anything heavy
+    model = load_model(args.model, args.weights, args.device)
+    x, info = load_input(args.input, single=args.single, spectrogram=args.spectrogram)
+    x = x.to(args.device)
+    if args.fs:
+        info.fs = args.fs
+    targets = None
+    if args.target:
+        ts = [int(t) for t in args.target]
+        targets = ts[0] if len(ts) == 1 else torch.tensor([ts] * x.shape[0], device=x.device)
+    options = {}
+    if cls.registry_name in ("scorecam", "ablationcam"):
+        options = {"batch_size": args.batch_size, "progress": True}
+    layers = args.layer or None
+    print(f"ndcam: {cls.__name__} on {args.input} {tuple(x.shape)} ({info.kind})", file=sys.stderr)
+    exp = explain(model, x, method=cls, targets=targets, layers=layers, **options)
+    files: dict[str, bytes] = {}
+    rank = x.ndim - 2
+    blocks: list = []
+    settings = [["method", cls.registry_name], ["layers", ", ".join(exp.layers) or "-"], ["model", args.model],
+                ["weights", args.weights or "-"], ["input", f"{args.input} ({info.kind})"], ["shape", tuple(x.shape)]]
+    blocks.append(("Settings", table(settings, ["setting", "value"])))
+    sc = exp.scores if exp.scores.ndim == 2 else exp.scores[:, None]
+    tg = None if exp.targets is None else (exp.targets if exp.targets.ndim == 2 else exp.targets[:, None])
+    rows = [[i, "-" if tg is None else tg[i].tolist(), [round(float(v), 4) for v in sc[i]]] for i in range(len(sc))]
+    blocks.append(("Scores", table(rows, ["sample", "target", "score"])))
+    for i in range(min(x.shape[0], args.max_pictures)):
+        m = exp.maps[i] if exp.scores.ndim == 1 else exp.maps[i, 0]
+        if info.kind == "spectrogram":
+            fig = viz.plot_spectrogram(x[i], m, freqs=info.extra.get("freqs"), times=info.extra.get("times"))
+        elif rank == 1:
+            fig = viz.plot_signal(x[i], m, fs=info.fs, leads=info.channels)
+        elif rank == 2:
+            fig = viz.plot_image(x[i], m)
+        elif rank == 3:
+            fig = viz.plot_volume(x[i], m)
+            blocks.append((f"sample {i}: slices", volume_slider(x[i, 0].cpu(), m.cpu(), f"s{i}")))
+        else:
+            continue
+        files[f"sample{i}.png"] = png_bytes(fig)
+        blocks.append((f"sample {i}", files[f"sample{i}.png"]))
+    files["report.html"] = html_report(f"ndcam: {cls.__name__}", blocks).encode()
+    files["scores.json"] = json.dumps({"method": cls.registry_name, "layers": exp.layers, "rows": rows}).encode()
+    out = Path(args.out)
+    tmp = Path(tempfile.mkdtemp(prefix=".ndcam-maps-"))
+    try:
+        for name in save_maps(exp.maps, info, tmp):
+            files[name] = (tmp / name).read_bytes()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    _write_atomic(out, files)
+    print(f"wrote {', '.join(sorted(files))} to {out}")
     return 0
 
 
@@ -141,9 +185,24 @@ def main(argv: list[str] | None = None) -> int:
     d = sub.add_parser("demo", help="train tiny 1D/2D/3D models on synthetic tasks, explain them, write a report")
     d.add_argument("--out", default="ndcam-demo", help="output folder (default: ndcam-demo)")
     d.add_argument("--quick", action="store_true", help="smaller training sets")
+    e = sub.add_parser("explain", help="explain a model on an input file")
+    e.add_argument("--model", required=True, help="package.module:factory, or a torch.export archive (.pt2)")
+    e.add_argument("--weights", help="state dict for a factory model")
+    e.add_argument("--input", required=True, help=".npy/.npz/.pt, PNG/JPEG, WAV, NIfTI (.nii/.nii.gz), WFDB (.hea)")
+    e.add_argument("--method", default="gradcam", help="a name from `ndcam methods` (default gradcam)")
+    e.add_argument("--layer", action="append", help="target layer (dotted name); repeat to fuse several")
+    e.add_argument("--target", action="append", help="class index; repeat for K maps per sample (default: top-1)")
+    e.add_argument("--out", default="ndcam-out", help="output folder (default ndcam-out)")
+    e.add_argument("--single", action="store_true", help="the array is one sample (C, *spatial), not a batch")
+    e.add_argument("--spectrogram", action="store_true", help="turn WAV audio into a log-power spectrogram")
+    e.add_argument("--fs", type=float, help="sampling rate for the time axis of signals")
+    e.add_argument("--device", default="cpu")
+    e.add_argument("--batch-size", type=int, default=64, help="perturbed inputs per forward (Score-/Ablation-CAM)")
+    e.add_argument("--max-pictures", type=int, default=8)
     sub.add_parser("methods", help="list method names")
     lay = sub.add_parser("layers", help="list candidate layers with output shapes")
-    lay.add_argument("--model", required=True, help="package.module:factory returning an nn.Module")
+    lay.add_argument("--model", required=True, help="package.module:factory, or a torch.export archive (.pt2)")
+    lay.add_argument("--weights", help="state dict for a factory model")
     lay.add_argument("--shape", required=True, help="input shape, e.g. 1,12,5000")
     args = ap.parse_args(argv)
     try:
@@ -157,6 +216,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.cmd == "layers":
             return _cmd_layers(args)
+        if args.cmd == "explain":
+            return _cmd_explain(args)
     except KeyboardInterrupt:
         print("ndcam: interrupted", file=sys.stderr)
         return 130

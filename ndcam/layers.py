@@ -26,7 +26,7 @@ from typing import Union
 import torch
 from torch import nn
 
-from ._errors import InputError, InputTypeError, LayerError, forward_failed
+from ._errors import ForwardError, InputError, InputTypeError, LayerError, forward_failed
 
 __all__ = ["LayerInfo", "LayerSpec", "TokenGrid", "resolve_layers", "auto_layer", "list_layers", "module_name"]
 
@@ -183,9 +183,14 @@ def _records_to_infos(records: list[_Record], rank: int) -> list[LayerInfo]:
     ]
 
 
-def _choose(records: list[_Record], rank: int) -> str | None:
+def _is_conv(m: nn.Module, rank: int) -> bool:
+    """A convolution of ``rank``: by class, or by the class name an exported-and-unflattened module remembers."""
     convs = _CONVS.get(rank, ())
-    candidates = [i for i, (_, m, shape, fl) in enumerate(records) if isinstance(m, convs) and _is_spatial(shape, fl, rank)]
+    return isinstance(m, convs) or getattr(m, "_ndcam_type", None) in {c.__name__ for c in convs}
+
+
+def _choose(records: list[_Record], rank: int) -> str | None:
+    candidates = [i for i, (_, m, shape, fl) in enumerate(records) if _is_conv(m, rank) and _is_spatial(shape, fl, rank)]
     if not candidates:
         return None
     unpooled = [i for i in candidates if any(s != 1 for s in records[i][2][2:])]
@@ -208,7 +213,12 @@ def _probe(model: nn.Module, x: torch.Tensor) -> list[_Record]:
     was_training = {m: m.training for m in model.modules()}
     model.eval()
     try:
-        return _trace(model, x[:1])
+        try:
+            return _trace(model, x[:1])
+        except ForwardError:
+            if x.shape[0] == 1:
+                raise
+            return _trace(model, x)  # models with a fixed batch size (e.g. torch.export archives)
     finally:
         for m, flag in was_training.items():
             m.training = flag
@@ -232,8 +242,9 @@ def auto_layer(model: nn.Module, x: torch.Tensor) -> tuple[str, nn.Module]:
     name = cache[key]
     if name is None:
         kind = {1: "Conv1d", 2: "Conv2d", 3: "Conv3d"}.get(rank, f"rank-{rank} convolution")
+        dims = {1: "L", 2: "H, W", 3: "D, H, W"}.get(rank, f"<{rank} axes>")
         raise LayerError(
-            f"no {kind} producing a (N, C, {', '.join('...' for _ in range(rank))}) map was found in "
+            f"no {kind} producing a (N, C, {dims}) map was found in "
             f"{type(model).__name__} for an input of shape {tuple(x.shape)}; pass layers='<dotted name>' "
             f"(ndcam.list_layers(model, x) shows candidates with their output shapes)"
         )

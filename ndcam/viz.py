@@ -10,7 +10,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["plot_signal", "plot_image", "plot_volume", "plot_explanation", "plot_grid"]
+__all__ = ["plot_signal", "plot_image", "plot_spectrogram", "plot_volume", "plot_montage", "plot_explanation",
+           "plot_grid"]
 
 
 def _np(t: Any) -> np.ndarray:
@@ -86,6 +87,52 @@ def plot_image(image: Any, cam: Any, *, alpha: float = 0.5, cmap: str = "jet", t
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     if title:
         ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_spectrogram(spec: Any, cam: Any, *, freqs: Any = None, times: Any = None, alpha: float = 0.45,
+                     cmap: str = "jet", title: str | None = None):
+    """Spectrogram ``(F, T)`` (or ``(C, F, T)``, first channel) with the map overlaid; frequency upwards, axes in Hz and
+    seconds when ``freqs``/``times`` are given.
+    """
+    plt = _plt()
+    sp = _np(spec)
+    sp = sp[0] if sp.ndim == 3 else sp
+    m = _np(cam)
+    f = np.asarray(freqs) if freqs is not None else np.arange(sp.shape[0])
+    t = np.asarray(times) if times is not None else np.arange(sp.shape[1])
+    extent = (float(t[0]), float(t[-1]), float(f[0]), float(f[-1]))
+    fig, ax = plt.subplots(figsize=(9, 4))
+    ax.imshow(sp, origin="lower", aspect="auto", cmap="magma", extent=extent)
+    im = ax.imshow(m, origin="lower", aspect="auto", cmap=cmap, alpha=alpha, vmin=0, vmax=1, extent=extent)
+    ax.set_xlabel("time (s)" if times is not None else "frame")
+    ax.set_ylabel("frequency (Hz)" if freqs is not None else "bin")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_montage(volume: Any, cam: Any, *, axis: int = 0, n: int = 12, cols: int = 6, alpha: float = 0.5,
+                 cmap: str = "jet", title: str | None = None):
+    """Montage of ``n`` evenly spaced slices along ``axis`` with the map overlaid."""
+    plt = _plt()
+    vol = _np(volume)
+    vol = vol[0] if vol.ndim == 4 else vol
+    m = _np(cam)
+    idx = np.unique(np.linspace(0, vol.shape[axis] - 1, min(n, vol.shape[axis])).round().astype(int))
+    rows = int(np.ceil(len(idx) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(2 * cols, 2.1 * rows), squeeze=False)
+    for k, ax in enumerate(axes.ravel()):
+        ax.set_axis_off()
+        if k < len(idx):
+            ax.imshow(np.take(vol, idx[k], axis=axis), cmap="gray")
+            ax.imshow(np.take(m, idx[k], axis=axis), cmap=cmap, alpha=alpha, vmin=0, vmax=1)
+            ax.set_title(f"{idx[k]}", fontsize=8)
+    if title:
+        fig.suptitle(title)
     fig.tight_layout()
     return fig
 

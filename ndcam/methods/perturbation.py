@@ -2,8 +2,8 @@ r"""Perturbation methods: Score-CAM and Ablation-CAM, batched, chunked, any rank
 
 Both need many extra forward passes -- one per (sample, channel) -- so they run them in large batches
 (``batch_size`` inputs per forward), never hold all perturbed inputs at once (a 3D volume with hundreds of channels
-is processed chunk by chunk), and show a progress bar on stderr for long runs (``progress=None``: only when more
-than 8 batches).
+is processed chunk by chunk), and show a progress bar on stderr for long runs (``progress=None``: once a run has
+taken 2 seconds; ``True``/``False`` to force).
 
 Perturbed batches are laid out *channel-major*: a batch holds the N samples for channels ``c0 .. c0+b-1``, so any
 target (class indices, or a callable written for an N-sample output) is applied to N-sample slices of the output
@@ -13,6 +13,7 @@ exactly as in an ordinary call.
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Iterator
 
 import torch
@@ -55,14 +56,17 @@ def ablationcam_weights(scores: torch.Tensor, ablated_scores: torch.Tensor, eps:
 
 
 class _Progress:
-    """Minimal progress bar on stderr (no dependency)."""
+    """Minimal progress bar on stderr (no dependency). ``enabled=None``: shown once a run has taken 2 seconds."""
 
     def __init__(self, total: int, label: str, enabled: bool | None) -> None:
         self.total, self.label, self.done = total, label, 0
-        self.enabled = (total > 8) if enabled is None else enabled
+        self.enabled = enabled
+        self.start = time.perf_counter()
 
     def step(self) -> None:
         self.done += 1
+        if self.enabled is None and self.done < self.total and time.perf_counter() - self.start > 2.0:
+            self.enabled = True
         if self.enabled:
             width = 30
             filled = int(width * self.done / self.total)
