@@ -12,6 +12,8 @@ if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import ndcam, pytest, hyp
     .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
     .venv/bin/python -m pip install -q "torch==2.13.0" || .venv/bin/python -m pip install -q "torch>=2.1"
     .venv/bin/python -m pip install -q -e ".[dev]"
+    # MONAI as an optional oracle for the agreement tests (pure Python; its import needs only torch and numpy)
+    .venv/bin/python -m pip install -q --no-deps "monai>=1.3" >/dev/null 2>&1 || echo "[dev.sh] monai not installed: its agreement tests will skip" >&2
 fi
 cmd=${1:-test}
 shift || true

@@ -16,7 +16,6 @@ import os
 import platform
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -25,10 +24,10 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
-from speed import _hwm_kib, _rss_kib, update_results  # noqa: E402
+from speed import _hwm_kib, _rss_kib, ratio, timeit, update_results  # noqa: E402
 
 import ndcam  # noqa: E402
-from ndcam.models import ResNet, vgg_like  # noqa: E402
+from ndcam.models import ResNet, resnet18_3d, vgg_like  # noqa: E402
 
 
 def cases(quick: bool):
@@ -36,7 +35,8 @@ def cases(quick: bool):
     return {
         "vgg-2d": (lambda: vgg_like(2, 3, 10, widths=(16, 32, 64)), (4, 3, 64 // q, 64 // q), "features.13"),
         "resnet-1d": (lambda: ResNet(1, (1, 1, 1, 1), 12, 5, base=8), (4, 12, 2000 // q), "layer4"),
-        "resnet-3d": (lambda: ResNet(3, (1, 1, 1, 1), 1, 2, base=4), (2, 1, *(48 // q,) * 3), "layer4"),
+        "resnet18-3d": (lambda: resnet18_3d(1, 2, base=16), (2, 1, *(48 // q,) * 3), "layer4"),
+        "resnet-3d-light": (lambda: ResNet(3, (1, 1, 1, 1), 1, 2, base=4), (2, 1, *(48 // q,) * 3), "layer4"),
     }
 
 
@@ -46,38 +46,30 @@ def build(case, quick):
     return make().eval(), torch.randn(*shape), layer
 
 
-def bound_time(model, x, layer, batch_size: int) -> float:
-    """Forward N*C inputs (x repeated: same cost as masked copies) in batches of batch_size."""
+def bound_fn(model, x, layer, batch_size: int):
+    """A callable forwarding N*C inputs (x repeated: same cost as masked copies) in batches of batch_size."""
     with torch.no_grad():
         store = {}
         h = model.get_submodule(layer).register_forward_hook(lambda m, i, o: store.update(c=o.shape[1]))
         model(x)
         h.remove()
-        total = x.shape[0] * store["c"]
-        per = max(1, batch_size // x.shape[0]) * x.shape[0]
-        batch = x.repeat(per // x.shape[0], *([1] * (x.ndim - 1)))
-        model(batch)
-        t = time.perf_counter()
-        done = 0
-        while done < total:
-            b = batch[: min(per, total - done)]
-            model(b)
-            done += b.shape[0]
-        return time.perf_counter() - t
+    total = x.shape[0] * store["c"]
+    per = max(1, batch_size // x.shape[0]) * x.shape[0]
+    batch = x.repeat(per // x.shape[0], *([1] * (x.ndim - 1)))
 
+    def run():
+        with torch.no_grad():
+            done = 0
+            while done < total:
+                b = batch[: min(per, total - done)]
+                model(b)
+                done += b.shape[0]
 
-def timed(fn, reps: int = 3) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best
+    return run
 
 
 def memory_child(mode: str, batch_size: int, quick: bool) -> dict:
-    model, x, layer = build("resnet-3d", quick)
+    model, x, layer = build("resnet-3d-light", quick)
     if mode == "forward":
         batch = x.repeat(max(1, batch_size // x.shape[0]), 1, 1, 1, 1)
         run = lambda: model(batch)  # noqa: E731
@@ -106,6 +98,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--out", default=str(HERE / "RESULTS.md"))
     ap.add_argument("--child", nargs=2)
     args = ap.parse_args(argv)
@@ -121,11 +114,13 @@ def main(argv=None) -> int:
     rows = []
     for case in cases(args.quick):
         model, x, layer = build(case, args.quick)
-        bound = min(bound_time(model, x, layer, args.batch_size) for _ in range(3))
+        bound = bound_fn(model, x, layer, args.batch_size)
         sc = ndcam.ScoreCAM(model, layer, batch_size=args.batch_size, progress=False)
         ab = ndcam.AblationCAM(model, layer, batch_size=args.batch_size, progress=False)
-        row = {"case": case, "shape": "x".join(map(str, x.shape)), "bound_s": bound,
-               "scorecam": timed(lambda: sc(x)) / bound, "ablationcam": timed(lambda: ab(x)) / bound}
+        dev = torch.device("cpu")
+        row = {"case": case, "shape": "x".join(map(str, x.shape)), "bound_s": timeit(bound, dev, args.reps),
+               "scorecam": ratio(lambda: sc(x), bound, dev, args.reps),
+               "ablationcam": ratio(lambda: ab(x), bound, dev, args.reps)}
         rows.append(row)
         print(json.dumps(row), flush=True)
     mem = []
@@ -137,7 +132,8 @@ def main(argv=None) -> int:
         f"### Perturbation methods vs their bound (cpu{', quick' if args.quick else ''})",
         "",
         f"Machine: {platform.machine()}, {os.cpu_count()} cores; torch {torch.__version__}. Command: "
-        f"`python benchmarks/perturbation.py{q}`; batch_size {args.batch_size}. pytorch-grad-cam: {pgc}.",
+        f"`python benchmarks/perturbation.py{q}`; batch_size {args.batch_size}; medians of {args.reps} alternating "
+        f"runs. pytorch-grad-cam: {pgc}.",
         "",
         "Time of one call / time of forwarding its N*C perturbed inputs in plain batches (1.00 = the bound):",
         "",
@@ -146,7 +142,7 @@ def main(argv=None) -> int:
     ]
     lines += [f"| {r['case']} | {r['shape']} | {r['bound_s']:.2f} | {r['scorecam']:.2f} | {r['ablationcam']:.2f} |"
               for r in rows]
-    _, x3, _ = build("resnet-3d", args.quick)
+    _, x3, _ = build("resnet-3d-light", args.quick)
     lines += ["", f"Score-CAM extra peak memory on a 3D volume {tuple(x3.shape)} (fresh process each), beside one plain "
               "forward of a batch of batch_size inputs:", "", "| batch_size | forward (MiB) | Score-CAM (MiB) |",
               "|---|---|---|"]

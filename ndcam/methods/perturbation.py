@@ -76,6 +76,16 @@ class _Progress:
             sys.stderr.flush()
 
 
+def _unit_masks(maps: torch.Tensor) -> torch.Tensor:
+    """Min-max each map to [0, 1] in place with two passes after the min/max (masks need no exact 1 or clamp)."""
+    lo, hi = ops.spatial_minmax(maps)
+    rng = hi - lo
+    constant = ~(rng > 4 * torch.finfo(maps.dtype).eps * torch.maximum(hi.abs(), lo.abs()))
+    scale = torch.where(constant, torch.zeros_like(rng), 1.0 / torch.where(constant, torch.ones_like(rng), rng))
+    shape = (-1,) + (1,) * (maps.ndim - 1)
+    return maps.sub_(lo.reshape(shape)).mul_(scale.reshape(shape))
+
+
 def _channel_blocks(channels: int, n: int, batch_size: int) -> Iterator[tuple[int, int]]:
     per = max(1, batch_size // n)
     for c0 in range(0, channels, per):
@@ -186,8 +196,7 @@ class ScoreCAM(_PerturbationCAM):
             sel = channels[:, c0:c1].T  # (b, n): channel-major from the start, so no batch-sized copy is needed
             idx = sel.reshape(b, n, 1, *([1] * rank)).expand(b, n, 1, *a.shape[2:])
             acts = a[None].expand(b, *a.shape).gather(2, idx)[:, :, 0]  # (b, n, *S)
-            masks = ops.upsample(acts.reshape(b * n, *a.shape[2:]), x.shape[2:])
-            masks = ops.minmax_normalize(masks, inplace=True)  # (b * n, *X)
+            masks = _unit_masks(ops.upsample(acts.reshape(b * n, *a.shape[2:]), x.shape[2:]))  # (b * n, *X)
             batch = masks.reshape(b, n, 1, *x.shape[2:]) * x[None]  # (b, n, C_in, *X), contiguous
             del masks
             out.append(self._scores_of(batch.reshape(b * n, *x.shape[1:]), n))
