@@ -24,7 +24,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
-from speed import _hwm_kib, _rss_kib, ratio, timeit, update_results  # noqa: E402
+from speed import peak_extra_mib, ratio, timeit, update_results  # noqa: E402
 
 import ndcam  # noqa: E402
 from ndcam.models import ResNet, resnet18_3d, vgg_like  # noqa: E402
@@ -76,12 +76,11 @@ def memory_child(mode: str, batch_size: int, quick: bool) -> dict:
     else:
         cam = ndcam.ScoreCAM(model, layer, batch_size=batch_size)
         run = lambda: cam(x)  # noqa: E731
-    base = _rss_kib()
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-    with torch.no_grad():
-        run()
-    return {"extra_mib": (_hwm_kib() - base) / 1024}
+    def once():
+        with torch.no_grad():
+            run()
+
+    return {"extra_mib": peak_extra_mib(once)}
 
 
 def memory(mode: str, batch_size: int, quick: bool):

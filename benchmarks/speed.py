@@ -105,20 +105,29 @@ def monai_gradcam(model, layer):
 
 
 # ---------------------------------------------------------------- memory, in a fresh process
-def _rss_kib() -> int:
+def _status_kib(field: str) -> int:
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1])
     return 0
+
+
+def _rss_kib() -> int:
+    return _status_kib("VmRSS")
 
 
 def _hwm_kib() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    return 0
+    return _status_kib("VmHWM")
+
+
+def peak_extra_mib(run) -> float:
+    """Extra peak RSS (MiB) of ``run()`` over the RSS before it (the peak is reset first via clear_refs)."""
+    base = _rss_kib()
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset the peak RSS to the current RSS
+    run()
+    return (_hwm_kib() - base) / 1024
 
 
 def memory_child(case: str, mode: str, quick: bool, device: str) -> dict:
@@ -144,13 +153,11 @@ def memory_child(case: str, mode: str, quick: bool, device: str) -> dict:
         torch.cuda.synchronize()
         del out
         return {"extra_mib": (torch.cuda.max_memory_allocated() - base) / 2**20}
-    base = _rss_kib()
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # reset the peak RSS to the current RSS
-    with torch.no_grad() if mode == "inference" else _Null():
-        out = run()
-    del out
-    return {"extra_mib": (_hwm_kib() - base) / 1024}
+    def once():
+        with torch.no_grad() if mode == "inference" else _Null():
+            run()
+
+    return {"extra_mib": peak_extra_mib(once)}
 
 
 class _Null:
