@@ -59,3 +59,25 @@ def test_reductions_any_rank():
         torch.testing.assert_close(ops.spatial_sum(t), t.reshape(2, 3, -1).sum(2))
         w = torch.rand(2, 3, dtype=torch.float64)
         torch.testing.assert_close(ops.weighted_sum(w, t), (w.reshape(2, 3, *[1] * (t.ndim - 2)) * t).sum(1))
+
+
+@pytest.mark.parametrize("src, dst", [((3, 3, 3), (48, 40, 37)), ((7, 7), (224, 224)), ((2, 5, 3), (9, 9, 9)),
+                                      ((16, 2), (17, 40)), ((3, 2, 2, 3), (5, 7, 4, 6))])
+def test_small_map_fast_path_equals_the_reference_and_the_native_kernels(src, dst):
+    m = torch.rand(3, *src, dtype=torch.float64)
+    fast = ops.upsample(m, dst)
+    np.testing.assert_allclose(fast.numpy(), R.ref_upsample(m.numpy(), dst), atol=1e-12)
+    if len(src) <= 3:
+        mode = {2: "bilinear", 3: "trilinear"}[len(src)]
+        native = torch.nn.functional.interpolate(m[:, None], size=dst, mode=mode, align_corners=False)[:, 0]
+        np.testing.assert_allclose(fast.numpy(), native.numpy(), atol=1e-12)
+
+
+@pytest.mark.parametrize("src, dst", [((5,), (23,)), ((40,), (17,)), ((3, 4), (10, 7)), ((3, 3, 3), (48, 40, 37)),
+                                      ((7, 2, 5), (3, 9, 12)), ((2, 3, 2, 3), (5, 7, 4, 6))])
+def test_upsampled_minmax_is_exact(src, dst):
+    m = torch.randn(6, *src, dtype=torch.float64)
+    lo, hi = ops.upsampled_minmax(m, dst)
+    full = ops.upsample(m, dst).reshape(6, -1)
+    torch.testing.assert_close(lo, full.amin(1), rtol=0, atol=1e-12)
+    torch.testing.assert_close(hi, full.amax(1), rtol=0, atol=1e-12)

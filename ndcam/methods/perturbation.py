@@ -76,14 +76,18 @@ class _Progress:
             sys.stderr.flush()
 
 
-def _unit_masks(maps: torch.Tensor) -> torch.Tensor:
-    """Min-max each map to [0, 1] in place with two passes after the min/max (masks need no exact 1 or clamp)."""
-    lo, hi = ops.spatial_minmax(maps)
+def unit_masks(maps: torch.Tensor, size) -> torch.Tensor:
+    """Score-CAM masks: each map upsampled to ``size`` and min-max normalized to [0, 1] (constant maps -> 0).
+
+    Interpolation weights sum to one, so normalizing commutes with upsampling: the exact range of the upsampled map
+    (:func:`ndcam.ops.upsampled_minmax`) normalizes the small map, and the large mask is written once, already scaled.
+    """
+    lo, hi = ops.upsampled_minmax(maps, size)
     rng = hi - lo
     constant = ~(rng > 4 * torch.finfo(maps.dtype).eps * torch.maximum(hi.abs(), lo.abs()))
     scale = torch.where(constant, torch.zeros_like(rng), 1.0 / torch.where(constant, torch.ones_like(rng), rng))
     shape = (-1,) + (1,) * (maps.ndim - 1)
-    return maps.sub_(lo.reshape(shape)).mul_(scale.reshape(shape))
+    return ops.upsample((maps - lo.reshape(shape)) * scale.reshape(shape), size)
 
 
 def _channel_blocks(channels: int, n: int, batch_size: int) -> Iterator[tuple[int, int]]:
@@ -196,8 +200,11 @@ class ScoreCAM(_PerturbationCAM):
             sel = channels[:, c0:c1].T  # (b, n): channel-major from the start, so no batch-sized copy is needed
             idx = sel.reshape(b, n, 1, *([1] * rank)).expand(b, n, 1, *a.shape[2:])
             acts = a[None].expand(b, *a.shape).gather(2, idx)[:, :, 0]  # (b, n, *S)
-            masks = _unit_masks(ops.upsample(acts.reshape(b * n, *a.shape[2:]), x.shape[2:]))  # (b * n, *X)
-            batch = masks.reshape(b, n, 1, *x.shape[2:]) * x[None]  # (b, n, C_in, *X), contiguous
+            masks = unit_masks(acts.reshape(b * n, *a.shape[2:]), x.shape[2:])  # (b * n, *X)
+            masks = masks.reshape(b, n, 1, *x.shape[2:])
+            # (b, n, C_in, *X), contiguous; with one input channel the masks' memory is reused (no new volume-sized
+            # allocation, whose page faults cost as much as the multiplication on large 3D inputs)
+            batch = masks.mul_(x[None]) if x.shape[1] == 1 else masks * x[None]
             del masks
             out.append(self._scores_of(batch.reshape(b * n, *x.shape[1:]), n))
             del batch
