@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import subprocess
 import sys
 import traceback
 from pathlib import Path
@@ -28,7 +27,7 @@ sys.path.insert(0, str(HERE))
 
 from perturbation import bound_fn  # noqa: E402
 from perturbation import build as build_small  # noqa: E402
-from speed import _no_grad, peak_extra_mib, ratio, update_results  # noqa: E402
+from speed import _no_grad, child_extra_mib, peak_extra_mib, ratio, update_results  # noqa: E402
 from speed import build as build_big  # noqa: E402
 
 import ndcam  # noqa: E402
@@ -63,11 +62,7 @@ def child(case: str, mode: str) -> dict:
 
 
 def memory(case: str, mode: str):
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0")
-    res = subprocess.run([sys.executable, __file__, "--child", case, mode], capture_output=True, text=True, env=env)
-    if res.returncode:
-        return None
-    return json.loads(res.stdout.strip().splitlines()[-1])["extra_mib"]
+    return child_extra_mib([__file__, "--child", case, mode])
 
 
 def attempt(fn):

@@ -14,7 +14,6 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 from pathlib import Path
 
@@ -24,7 +23,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
-from speed import peak_extra_mib, ratio, timeit, update_results  # noqa: E402
+from speed import child_extra_mib, peak_extra_mib, ratio, timeit, update_results  # noqa: E402
 
 import ndcam  # noqa: E402
 from ndcam.models import ResNet, resnet18_3d, vgg_like  # noqa: E402
@@ -84,13 +83,7 @@ def memory_child(mode: str, batch_size: int, quick: bool) -> dict:
 
 
 def memory(mode: str, batch_size: int, quick: bool):
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0")
-    cmd = [sys.executable, __file__, "--child", mode, str(batch_size)] + (["--quick"] if quick else [])
-    res = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
-    if res.returncode:
-        print(res.stderr[-2000:], file=sys.stderr)
-        return None
-    return json.loads(res.stdout.strip().splitlines()[-1])["extra_mib"]
+    return child_extra_mib([__file__, "--child", mode, str(batch_size)] + (["--quick"] if quick else []))
 
 
 def main(argv=None) -> int:

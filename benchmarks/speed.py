@@ -168,14 +168,19 @@ class _Null:
         return False
 
 
-def measure_memory(case: str, mode: str, quick: bool, device: str) -> float | None:
+def child_extra_mib(argv: list[str]) -> float | None:
+    """Run ``python argv...`` in a fresh process (large allocations forced to mmap, so freed memory leaves RSS) and
+    return the ``extra_mib`` it prints as its last JSON line, or None if it failed."""
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0")
-    cmd = [sys.executable, __file__, "--child", case, mode, "--device", device] + (["--quick"] if quick else [])
-    res = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+    res = subprocess.run([sys.executable, *argv], capture_output=True, text=True, env=env, check=False)
     if res.returncode != 0:
         print(res.stderr[-2000:], file=sys.stderr)
         return None
     return json.loads(res.stdout.strip().splitlines()[-1])["extra_mib"]
+
+
+def measure_memory(case: str, mode: str, quick: bool, device: str) -> float | None:
+    return child_extra_mib([__file__, "--child", case, mode, "--device", device] + (["--quick"] if quick else []))
 
 
 # ---------------------------------------------------------------- main
