@@ -196,21 +196,21 @@ class Capture:
 
         In eval mode the samples of a batch are independent, so the gradient of the batch sum is each sample's own.
         """
-        if not scores.requires_grad:
-            return [torch.zeros_like(a) for a in self.activations]
-        grads = torch.autograd.grad(scores.sum(), self._raw, retain_graph=retain_graph, allow_unused=True)
-        return [self._view(torch.zeros_like(r) if g is None else g) for r, g in zip(self._raw, grads)]
+        return [self._view(g) for g in _grad_or_zeros(scores, self._raw, retain_graph)]
 
     def input_and_layer_gradients(self, scores: torch.Tensor, retain_graph: bool = False):
         """``(d scores.sum() / d input, [d scores.sum() / d layer output, ...])`` (needs ``input_grad=True``)."""
         if self.input is None:
             raise RuntimeError("Capture was created without input_grad=True")
-        inputs = [self.input, *self._raw]
-        if not scores.requires_grad:
-            zeros = [torch.zeros_like(t) for t in inputs]
-            return zeros[0], [self._view(z) for z in zeros[1:]]
-        grads = torch.autograd.grad(scores.sum(), inputs, retain_graph=retain_graph, allow_unused=True)
-        grads = [torch.zeros_like(t) if g is None else g for t, g in zip(inputs, grads)]
+        grads = _grad_or_zeros(scores, [self.input, *self._raw], retain_graph)
         return grads[0], [self._view(g) for g in grads[1:]]
+
+
+def _grad_or_zeros(scores: torch.Tensor, inputs: list[torch.Tensor], retain_graph: bool) -> list[torch.Tensor]:
+    """``d scores.sum() / d input`` for each input; zeros for inputs the scores do not depend on."""
+    if not scores.requires_grad:
+        return [torch.zeros_like(t) for t in inputs]
+    grads = torch.autograd.grad(scores.sum(), inputs, retain_graph=retain_graph, allow_unused=True)
+    return [torch.zeros_like(t) if g is None else g for t, g in zip(inputs, grads)]
 
 

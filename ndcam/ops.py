@@ -33,6 +33,7 @@ __all__ = [
     "interpolation_matrix",
     "upsampled_minmax",
     "minmax_normalize",
+    "constant_maps",
     "spatial_minmax",
     "first_principal_component",
 ]
@@ -169,7 +170,18 @@ def spatial_minmax(maps: torch.Tensor, batch_dims: int = 1) -> tuple[torch.Tenso
     return torch.aminmax(flat, dim=-1)
 
 
-def minmax_normalize(maps: torch.Tensor, batch_dims: int = 1, *, inplace: bool = False) -> torch.Tensor:
+def constant_maps(lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    """Which maps are constant: range zero or below a few float roundings of their magnitude (bool, ``lo``'s shape)."""
+    return ~(hi - lo > 4 * torch.finfo(lo.dtype).eps * torch.maximum(hi.abs(), lo.abs()))
+
+
+def minmax_normalize(
+    maps: torch.Tensor,
+    batch_dims: int = 1,
+    *,
+    inplace: bool = False,
+    minmax: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> torch.Tensor:
     """Scale each map to ``[0, 1]`` by its own minimum and maximum.
 
     A map whose range is zero (or below a few float roundings of its magnitude) is constant: it becomes all-zero,
@@ -179,11 +191,11 @@ def minmax_normalize(maps: torch.Tensor, batch_dims: int = 1, *, inplace: bool =
         maps: ``(*B, *S)`` tensor; the first ``batch_dims`` axes index maps, the rest are spatial.
         batch_dims: number of leading axes that index separate maps (1 for ``(N, *S)``, 2 for ``(N, K, *S)``).
         inplace: overwrite ``maps`` (saves a map-sized allocation when the caller owns the tensor).
+        minmax: the maps' :func:`spatial_minmax`, when the caller has it already (saves a pass over the maps).
     """
-    lo, hi = spatial_minmax(maps, batch_dims)
+    lo, hi = spatial_minmax(maps, batch_dims) if minmax is None else minmax
     rng = hi - lo
-    tiny = 4 * torch.finfo(maps.dtype).eps * torch.maximum(hi.abs(), lo.abs())
-    constant = ~(rng > tiny)
+    constant = constant_maps(lo, hi)
     shape = (*maps.shape[:batch_dims],) + (1,) * (maps.ndim - batch_dims)
     denom = torch.where(constant, torch.ones_like(rng), rng)
     out = maps if inplace else maps.clone()

@@ -23,7 +23,7 @@ from ..layers import LayerSpec, auto_layer, resolve_layers
 from ..smoothing import Augmentations, smooth
 from ..targets import ClassTarget, TargetSpec, _TopClass, as_score_fn
 
-__all__ = ["BaseCAM", "register", "REGISTRY"]
+__all__ = ["BaseCAM", "register", "REGISTRY", "range_and_normalize"]
 
 REGISTRY: dict[str, type[BaseCAM]] = {}
 
@@ -187,9 +187,7 @@ class BaseCAM:
             score_fn, class_idx, _ = as_score_fn(targets, x.shape[0], x.device)
         raw = smooth(lambda xt: self._run(xt, targets, score_fn, class_idx, True, False).maps, x, aug,
                      k_axis=first.scores.ndim == 2)
-        batch_dims = 2 if first.scores.ndim == 2 else 1
-        lo, hi = ops.spatial_minmax(raw, batch_dims=batch_dims)
-        maps = ops.minmax_normalize(raw, batch_dims=batch_dims, inplace=True) if normalize else raw
+        maps, lo, hi = range_and_normalize(raw, 2 if first.scores.ndim == 2 else 1, normalize)
         first.maps, first.raw_min, first.raw_max = maps.float(), lo.float(), hi.float()
         return first
 
@@ -262,14 +260,11 @@ class BaseCAM:
             size = max((tuple(m.shape[2:]) for m in maps), key=math.prod)
         n, k = maps[0].shape[:2]
         maps = [ops.upsample(m.reshape(n * k, *m.shape[2:]), size).reshape(n, k, *size) for m in maps]
-        raw = maps[0] if len(maps) == 1 else torch.stack(maps).mean(0)
-        lo, hi = ops.spatial_minmax(raw, batch_dims=2)
-        if not normalize:
-            return raw, lo, hi
-        if len(maps) > 1:
-            raw = torch.stack([ops.minmax_normalize(m, batch_dims=2) for m in maps]).mean(0)
-        # every tensor here was made by this call (method maps, their upsampled copies): normalize in place
-        return ops.minmax_normalize(raw, batch_dims=2, inplace=True), lo, hi
+        if len(maps) == 1 or not normalize:
+            return range_and_normalize(maps[0] if len(maps) == 1 else torch.stack(maps).mean(0), 2, normalize)
+        lo, hi = ops.spatial_minmax(torch.stack(maps).mean(0), batch_dims=2)
+        fused = torch.stack([ops.minmax_normalize(m, batch_dims=2) for m in maps]).mean(0)
+        return ops.minmax_normalize(fused, batch_dims=2, inplace=True), lo, hi
 
     @staticmethod
     def _check_scores(scores: Any, n: int) -> torch.Tensor:
@@ -285,6 +280,15 @@ class BaseCAM:
         if not bool(torch.isfinite(scores).all()):
             raise InputError("the model's target scores contain NaN/inf; check the model and input (no map can be made)")
         return scores
+
+
+def range_and_normalize(raw: torch.Tensor, batch_dims: int, normalize: bool):
+    """``(maps, raw_min, raw_max)``: the raw maps' range and, if asked, the maps min-max normalized in place with it
+    (one pass for the range, shared by both). ``raw`` must be a tensor the caller made and may overwrite.
+    """
+    lo, hi = ops.spatial_minmax(raw, batch_dims=batch_dims)
+    maps = ops.minmax_normalize(raw, batch_dims=batch_dims, inplace=True, minmax=(lo, hi)) if normalize else raw
+    return maps, lo, hi
 
 
 def _unique(names: list[str]) -> list[str]:

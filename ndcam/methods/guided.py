@@ -18,9 +18,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .. import ops
 from ..explanation import Explanation
-from .base import BaseCAM, register
+from .base import BaseCAM, range_and_normalize, register
 from .gradient import GradCAM
 
 __all__ = ["GuidedBackprop", "GuidedGradCAM", "guided_relu"]
@@ -102,10 +101,6 @@ class GuidedGradCAM(BaseCAM):
         guided = GuidedBackprop(self.model).explain(x, targets, normalize=False)
         layers = None if self._layers is None else [m for _, m in self._layers]
         cam = GradCAM(self.model, layers, reshape=self.reshape).explain(x, targets, normalize=False)
-        maps = guided.maps * cam.maps
-        batch_dims = 2 if cam.scores.ndim == 2 else 1
-        lo, hi = ops.spatial_minmax(maps, batch_dims=batch_dims)
-        if normalize:
-            maps = ops.minmax_normalize(maps, batch_dims=batch_dims)
+        maps, lo, hi = range_and_normalize(guided.maps * cam.maps, 2 if cam.scores.ndim == 2 else 1, normalize)
         return Explanation(maps=maps.float(), scores=cam.scores, targets=cam.targets, layers=cam.layers,
                            method=self.registry_name, raw_min=lo.float(), raw_max=hi.float(), input_shape=cam.input_shape)

@@ -84,7 +84,7 @@ def unit_masks(maps: torch.Tensor, size) -> torch.Tensor:
     """
     lo, hi = ops.upsampled_minmax(maps, size)
     rng = hi - lo
-    constant = ~(rng > 4 * torch.finfo(maps.dtype).eps * torch.maximum(hi.abs(), lo.abs()))
+    constant = ops.constant_maps(lo, hi)
     scale = torch.where(constant, torch.zeros_like(rng), 1.0 / torch.where(constant, torch.ones_like(rng), rng))
     shape = (-1,) + (1,) * (maps.ndim - 1)
     return ops.upsample((maps - lo.reshape(shape)) * scale.reshape(shape), size)
