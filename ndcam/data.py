@@ -18,7 +18,7 @@ import math
 import torch
 from torch import nn
 
-from .models import bn, conv
+from .models import ADAPTIVE_AVGPOOL, MAXPOOL, bn, conv
 
 __all__ = ["ecg_task", "scene_task", "volume_task", "task", "TinyNet", "train_tiny", "random_maps"]
 
@@ -126,7 +126,7 @@ class TinyNet(nn.Module):
                  kernel: int = 3, blocks: int = 3) -> None:
         super().__init__()
         C, B = conv(rank), bn(rank)
-        mp = {1: nn.MaxPool1d, 2: nn.MaxPool2d, 3: nn.MaxPool3d}[rank]
+        mp = MAXPOOL[rank]
         layers: list[nn.Module] = []
         c = in_channels
         for i in range(blocks):
@@ -135,7 +135,7 @@ class TinyNet(nn.Module):
                 layers.append(mp(2))
             c = width
         self.features = nn.Sequential(*layers)
-        self.pool = {1: nn.AdaptiveAvgPool1d, 2: nn.AdaptiveAvgPool2d, 3: nn.AdaptiveAvgPool3d}[rank](1)
+        self.pool = ADAPTIVE_AVGPOOL[rank](1)
         self.fc = nn.Linear(width, num_classes)
 
     def forward(self, x):

@@ -27,12 +27,12 @@ import torch
 from torch import nn
 
 from ._errors import ForwardError, InputError, InputTypeError, LayerError, forward_failed
+from .models import CONV
 
 __all__ = ["LayerInfo", "LayerSpec", "TokenGrid", "resolve_layers", "auto_layer", "list_layers", "module_name"]
 
 LayerSpec = Union[None, str, nn.Module, Sequence[Union[str, nn.Module]]]
 
-_CONVS = {1: (nn.Conv1d,), 2: (nn.Conv2d,), 3: (nn.Conv3d,)}
 
 
 @dataclass(frozen=True)
@@ -185,8 +185,8 @@ def _records_to_infos(records: list[_Record], rank: int) -> list[LayerInfo]:
 
 def _is_conv(m: nn.Module, rank: int) -> bool:
     """A convolution of ``rank``: by class, or by the class name an exported-and-unflattened module remembers."""
-    convs = _CONVS.get(rank, ())
-    return isinstance(m, convs) or getattr(m, "_ndcam_type", None) in {c.__name__ for c in convs}
+    cls = CONV.get(rank)
+    return cls is not None and (isinstance(m, cls) or getattr(m, "_ndcam_type", None) == cls.__name__)
 
 
 def _choose(records: list[_Record], rank: int) -> str | None:

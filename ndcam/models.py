@@ -9,23 +9,31 @@ from __future__ import annotations
 from torch import nn
 
 __all__ = [
+    "CONV", "BATCHNORM", "MAXPOOL", "ADAPTIVE_AVGPOOL",
     "conv", "bn", "BasicBlock", "Bottleneck", "ResNet", "resnet50_like", "resnet18_3d", "ecg_net", "volume_net",
     "vgg_like", "VGG",
 ]
 
 
+#: torch's layer classes by spatial rank (torch has none beyond rank 3)
+CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
+BATCHNORM = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
+MAXPOOL = {1: nn.MaxPool1d, 2: nn.MaxPool2d, 3: nn.MaxPool3d}
+ADAPTIVE_AVGPOOL = {1: nn.AdaptiveAvgPool1d, 2: nn.AdaptiveAvgPool2d, 3: nn.AdaptiveAvgPool3d}
+
+
 def conv(rank: int) -> type[nn.Module]:
     """``nn.Conv1d``/``Conv2d``/``Conv3d`` for ``rank``."""
-    return {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[rank]
+    return CONV[rank]
 
 
 def bn(rank: int) -> type[nn.Module]:
     """``nn.BatchNorm1d``/``2d``/``3d`` for ``rank``."""
-    return {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}[rank]
+    return BATCHNORM[rank]
 
 
 def _pool(rank: int) -> nn.Module:
-    return {1: nn.AdaptiveAvgPool1d, 2: nn.AdaptiveAvgPool2d, 3: nn.AdaptiveAvgPool3d}[rank](1)
+    return ADAPTIVE_AVGPOOL[rank](1)
 
 
 class Bottleneck(nn.Module):
@@ -87,7 +95,7 @@ class ResNet(nn.Module):
         self.conv1 = C(in_channels, base, stem_kernel, stride=2, padding=stem_kernel // 2, bias=False)
         self.bn1 = B(base)
         self.relu = nn.ReLU(inplace=True)
-        self.maxpool = {1: nn.MaxPool1d, 2: nn.MaxPool2d, 3: nn.MaxPool3d}[rank](3, stride=2, padding=1)
+        self.maxpool = MAXPOOL[rank](3, stride=2, padding=1)
         c = base
         stages = []
         for i, n in enumerate(layers):
@@ -132,7 +140,7 @@ class VGG(nn.Module):
     def __init__(self, rank: int = 2, in_channels: int = 3, num_classes: int = 10, widths=(16, 32, 64)) -> None:
         super().__init__()
         C = conv(rank)
-        mp = {1: nn.MaxPool1d, 2: nn.MaxPool2d, 3: nn.MaxPool3d}[rank]
+        mp = MAXPOOL[rank]
         feats: list[nn.Module] = []
         c = in_channels
         for w in widths:

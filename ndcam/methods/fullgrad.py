@@ -22,12 +22,11 @@ from torch import nn
 
 from .. import ops
 from .._errors import LayerError
+from ..models import BATCHNORM, CONV
 from .base import BaseCAM, register
 
 __all__ = ["fullgrad_postprocess", "effective_bias", "FullGrad"]
 
-_CONVS = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
-_BNS = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
 #: epsilon of the authors' min-max post-processing
 FULLGRAD_EPS = 1e-6
 
@@ -65,7 +64,7 @@ class FullGrad(BaseCAM):
 
     def _default_layers(self, x: torch.Tensor) -> list[tuple[str, nn.Module]]:
         rank = x.ndim - 2
-        kinds = tuple(k for k in (_CONVS.get(rank), _BNS.get(rank)) if k is not None)
+        kinds = tuple(k for k in (CONV.get(rank), BATCHNORM.get(rank)) if k is not None)
         layers = [(n, m) for n, m in self.model.named_modules() if n and isinstance(m, kinds)
                   and effective_bias(m) is not None]
         if not layers:
