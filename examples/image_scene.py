@@ -2,7 +2,7 @@
 
     python examples/image_scene.py [--out DIR]
 
-Trains a tiny Conv2d network on ndcam's synthetic scenes (a ring among squares decides the class) and draws every
+Trains a tiny Conv2d network on ndcam's synthetic scenes (a ring among square frames decides the class) and draws every
 fast method's map for a few held-out positives in one comparison grid, with each method's pointing game.
 """
 

@@ -2,7 +2,7 @@
 
     python examples/volume_lesion.py [--out DIR]
 
-Trains a tiny Conv3d network on ndcam's synthetic volumes (a Gaussian blob among cubes decides the class), explains
+Trains a tiny Conv3d network on ndcam's synthetic volumes (a Gaussian blob among hollow cubes decides the class), explains
 held-out positives with several methods, scores them against the known lesion, and writes pictures plus a
 self-contained HTML report.
 """

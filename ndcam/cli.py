@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 
 DEMO_METHODS = ["gradcam", "gradcam++", "hirescam", "layercam", "xgradcam", "eigencam"]
-RANK_NAMES = {1: "1D ECG-like beat trains (abnormal beat)", 2: "2D scenes (ring among squares)",
-              3: "3D volumes (blob among cubes)"}
+RANK_NAMES = {1: "1D ECG-like beat trains (abnormal beat)", 2: "2D scenes (ring among square frames)",
+              3: "3D volumes (blob among hollow cubes)"}
 
 
 def pointing_game(maps: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
@@ -43,9 +43,9 @@ def demo(out: Path, quick: bool = False, log=print) -> dict:
     sections = []
     files: dict[str, bytes] = {}
     for rank in (1, 2, 3):
-        n_train = {1: 256, 2: 256, 3: 96}[rank] // (2 if quick else 1)
+        n_train = {1: 256, 2: 256, 3: 192}[rank] // (2 if quick else 1)
         x, y, mask = data.task(rank, n=n_train, seed=0)
-        model, acc = data.train_tiny(x, y, epochs={1: 6, 2: 8, 3: 8}[rank])
+        model, acc = data.train_tiny(x, y)
         xt, yt, mt = data.task(rank, n=32, seed=1)
         pos = yt == 1
         xt, mt = xt[pos], mt[pos]

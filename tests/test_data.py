@@ -34,8 +34,34 @@ def test_gradcam_pointing_game_on_each_task_beats_random(rank):
         assert metrics.pointing_game(rnd, mp).float().mean() < 0.5
         for metric in (metrics.energy_pointing_game, metrics.mask_iou):
             assert metric(maps, mp).mean() > metric(rnd, mp).mean()
-        assert metrics.insertion_auc(model, xp, maps, 1).mean() > metrics.insertion_auc(model, xp, rnd, 1).mean()
-    # faithfulness against a random map with a CAM's smoothness
-    assert metrics.deletion_auc(model, xp, maps, 1).mean() < metrics.deletion_auc(model, xp, smooth, 1).mean()
-    assert metrics.average_drop(model, xp, maps, 1) <= metrics.average_drop(model, xp, smooth, 1)
-    assert metrics.road(model, xp[:8], maps[:8], 1).combined.mean() > metrics.road(model, xp[:8], smooth[:8], 1).combined.mean()
+    # every faithfulness metric, against white noise and against a random map with a CAM's smoothness; removal
+    # replaces by 0, the value the model saw removed parts take in training
+    for rnd in (noise, smooth):
+        for metric, better in ((metrics.deletion_auc, -1), (metrics.insertion_auc, 1)):
+            ours, theirs = (float(metric(model, xp, m, 1, baseline="zero").mean()) for m in (maps, rnd))
+            assert better * (ours - theirs) > 0.05, (metric.__name__, ours, theirs)
+        assert metrics.average_drop(model, xp, maps, 1) < metrics.average_drop(model, xp, rnd, 1)
+        assert metrics.increase_in_confidence(model, xp, maps, 1) > metrics.increase_in_confidence(model, xp, rnd, 1)
+        road_ours = metrics.road(model, xp[:8], maps[:8], 1).combined.mean()
+        assert road_ours > metrics.road(model, xp[:8], rnd[:8], 1).combined.mean() + 0.05
+
+
+def test_random_removal_zeroes_a_random_fraction_of_some_samples():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 2, 10, 12) + 5  # no zeros of its own
+    out = data.random_removal(x, g, p=0.5)
+    removed = (out == 0).all(1)  # channels are removed together
+    assert ((out == 0) == removed[:, None]).all() and torch.equal(out[~(out == 0)], x[~(out == 0)])
+    counts = removed.flatten(1).sum(1)
+    assert 15 < int((counts > 0).sum()) < 50  # about half the samples
+    assert int(counts.max()) > 60  # fractions spread over (0, 1)
+    assert torch.equal(data.random_removal(x, g, p=0.0), x)
+    assert (data.random_removal(x, g, p=1.0, value=-1.0) == -1).any()
+
+
+def test_train_tiny_is_not_saturated():
+    x, y, _ = data.task(1, n=64)
+    model, _ = data.train_tiny(x, y, epochs=3)
+    with torch.no_grad():
+        p = torch.softmax(model(x), 1)
+    assert float(p.max()) < 0.999  # label smoothing keeps Average Drop / Increase in Confidence measurable
