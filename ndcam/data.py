@@ -23,6 +23,7 @@ import math
 import torch
 from torch import nn
 
+from ._errors import InputError
 from .models import ADAPTIVE_AVGPOOL, MAXPOOL, bn, conv
 
 __all__ = ["ecg_task", "scene_task", "volume_task", "task", "TinyNet", "train_tiny", "random_maps", "random_removal"]
@@ -36,9 +37,18 @@ def random_maps(shape, *, smooth: int = 4, seed: int = 0) -> torch.Tensor:
     from . import ops
 
     n, *spatial = shape
-    g = torch.Generator().manual_seed(seed)
-    coarse = torch.rand(n, *[max(1, s // smooth) for s in spatial], generator=g)
-    return ops.minmax_normalize(ops.upsample(coarse, spatial))
+    return ops.minmax_normalize(_coarse_noise(n, spatial, smooth, torch.Generator().manual_seed(seed)))
+
+
+def _coarse_noise(n: int, spatial, smooth: int, generator: torch.Generator) -> torch.Tensor:
+    """Uniform noise on a grid ``smooth`` times coarser than ``spatial``, upsampled (multi)linearly: ``(n, *spatial)``."""
+    from . import ops
+
+    coarse = torch.rand(n, *[max(1, s // smooth) for s in spatial], generator=generator)
+    return ops.upsample(coarse, spatial)
+
+
+_WIDE = 9.0  # width (samples) of the abnormal beat's QRS
 
 
 def ecg_task(n: int = 256, length: int = 720, seed: int = 0, fs: float = 360.0):
@@ -55,14 +65,15 @@ def ecg_task(n: int = 256, length: int = 720, seed: int = 0, fs: float = 360.0):
         sig = torch.zeros(length)
         # the abnormal beat is one whose whole (premature, wide) complex lies inside the window: a positive whose
         # evidence is cut off at the edge would have no evidence to find
-        inside = [j for j, b in enumerate(beats.tolist()) if 36 <= b - 0.15 * period <= length - 37]
+        half = 4 * _WIDE  # the abnormal complex's half-extent, also its mask's
+        inside = [j for j, b in enumerate(beats.tolist()) if half <= b - 0.15 * period <= length - 1 - half]
         abnormal = inside[int(torch.randint(0, len(inside), (1,), generator=g))] if y[i] == 1 else -1
         gain = _uniform(g, 0.5, 1.5)  # recording gain varies between records
         for j, b in enumerate(beats.tolist()):
             if j == abnormal:
                 b = b - 0.15 * period  # premature
-                width, amp = 9.0, -1.6 * _uniform(g, 0.6, 1.2)
-                lo, hi = max(0, int(b - 4 * width)), min(length, int(b + 4 * width) + 1)
+                width, amp = _WIDE, -1.6 * _uniform(g, 0.6, 1.2)
+                lo, hi = max(0, int(b - half)), min(length, int(b + half) + 1)
                 mask[i, lo:hi] = True
             else:
                 width, amp = 3.0, 1.0
@@ -76,6 +87,12 @@ def ecg_task(n: int = 256, length: int = 720, seed: int = 0, fs: float = 360.0):
 
 def _uniform(g: torch.Generator, lo: float, hi: float) -> float:
     return lo + (hi - lo) * float(torch.rand(1, generator=g))
+
+
+def _add_hollow_box(img: torch.Tensor, corner, side: int, value: float) -> None:
+    """Add ``value`` to the one-element-thick wall of the box ``side^r`` at ``corner`` of ``img`` (any rank), in place."""
+    img[tuple(slice(c, c + side) for c in corner)] += value
+    img[tuple(slice(c + 1, c + side - 1) for c in corner)] -= value
 
 
 def _grid(shape):
@@ -96,9 +113,7 @@ def scene_task(n: int = 256, size: int = 32, seed: int = 0):
     for i in range(n):
         for _ in range(int(torch.randint(1, 4, (1,), generator=g))):
             cy, cx = torch.randint(2, size - 8, (2,), generator=g).tolist()
-            a = _uniform(g, 0.5, 1.5)
-            x[i, 0, cy : cy + 5, cx : cx + 5] += a  # a square frame: 5x5, one-pixel wall
-            x[i, 0, cy + 1 : cy + 4, cx + 1 : cx + 4] -= a
+            _add_hollow_box(x[i, 0], (cy, cx), 5, _uniform(g, 0.5, 1.5))  # a square frame
         if y[i] == 1:
             cy, cx = torch.randint(6, size - 6, (2,), generator=g).tolist()
             r = torch.sqrt((yy - cy) ** 2 + (xx - cx) ** 2)
@@ -121,9 +136,7 @@ def volume_task(n: int = 192, size: int = 20, seed: int = 0):
     for i in range(n):
         for _ in range(int(torch.randint(1, 4, (1,), generator=g))):
             c = torch.randint(1, size - 5, (3,), generator=g).tolist()
-            a = _uniform(g, 0.4, 1.2)
-            x[i, 0, c[0] : c[0] + 5, c[1] : c[1] + 5, c[2] : c[2] + 5] += a  # a hollow cube: 5^3, one-voxel wall
-            x[i, 0, c[0] + 1 : c[0] + 4, c[1] + 1 : c[1] + 4, c[2] + 1 : c[2] + 4] -= a
+            _add_hollow_box(x[i, 0], c, 5, _uniform(g, 0.4, 1.2))  # a hollow cube
         if y[i] == 1:
             c = torch.randint(4, size - 4, (3,), generator=g).tolist()
             d2 = (zz - c[0]) ** 2 + (yy - c[1]) ** 2 + (xx - c[2]) ** 2
@@ -170,12 +183,11 @@ def random_removal(x: torch.Tensor, generator: torch.Generator, p: float = 0.5, 
     insertion, Average Drop, ROAD) measure where its evidence is instead of how it reacts to out-of-distribution
     holes. The labels are kept.
     """
-    from . import ops
-
+    if not 0.0 <= p <= 1.0:
+        raise InputError(f"removal probability p must be in [0, 1], got {p!r}")
     n, _, *spatial = x.shape
     smooth = (1, 4, 8)[int(torch.randint(0, 3, (1,), generator=generator))]
-    coarse = torch.rand(n, *[max(1, s // smooth) for s in spatial], generator=generator)
-    r = ops.upsample(coarse, spatial).reshape(n, -1)
+    r = _coarse_noise(n, spatial, smooth, generator).reshape(n, -1)
     frac = torch.rand(n, generator=generator)
     use = torch.rand(n, generator=generator) < p
     k = (frac * r.shape[1]).long()  # remove the k lowest elements of r
@@ -202,6 +214,10 @@ def train_tiny(x: torch.Tensor, y: torch.Tensor, *, epochs: int | None = None, s
         batch_size: samples per step.
         **net_kwargs: passed to :class:`TinyNet`.
     """
+    if not 0.0 <= removal <= 1.0:
+        raise InputError(f"removal must be a probability in [0, 1], got {removal!r}")
+    if not 0.0 <= label_smoothing < 1.0:
+        raise InputError(f"label_smoothing must be in [0, 1), got {label_smoothing!r}")
     torch.manual_seed(seed)
     rank = x.ndim - 2
     # 1D: wider kernels for beat-scale features; 2D/3D: one pooling stage keeps a 16^2 / 10^3 map, and a receptive

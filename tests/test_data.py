@@ -65,3 +65,13 @@ def test_train_tiny_is_not_saturated():
     with torch.no_grad():
         p = torch.softmax(model(x), 1)
     assert float(p.max()) < 0.999  # label smoothing keeps Average Drop / Increase in Confidence measurable
+
+
+def test_train_tiny_options_are_checked_before_training():
+    x, y, _ = data.task(1, n=8)
+    with pytest.raises(ValueError, match="removal must be a probability"):
+        data.train_tiny(x, y, removal=1.5)
+    with pytest.raises(ValueError, match="label_smoothing"):
+        data.train_tiny(x, y, label_smoothing=1.0)
+    with pytest.raises(ValueError, match="removal probability"):
+        data.random_removal(x, torch.Generator(), p=-0.1)
