@@ -10,7 +10,16 @@ torch.Size([1, 16, 16, 16])
 from __future__ import annotations
 
 from . import metrics, ops, targets
-from ._errors import ForwardError, InputError, InputTypeError, LayerError, NdcamError
+from ._errors import (
+    BatchDependenceWarning,
+    ConstantMapWarning,
+    ForwardError,
+    InputError,
+    InputTypeError,
+    LayerError,
+    NdcamError,
+    NdcamWarning,
+)
 from .explain import explain
 from .explanation import Explanation
 from .layers import LayerInfo, TokenGrid, list_layers
@@ -69,5 +78,8 @@ __all__ = [
     "InputTypeError",
     "LayerError",
     "ForwardError",
+    "NdcamWarning",
+    "ConstantMapWarning",
+    "BatchDependenceWarning",
     "__version__",
 ]

@@ -36,3 +36,20 @@ def forward_failed(model: object, x: object, err: BaseException) -> ForwardError
         f"{str(err).splitlines()[0] if str(err) else ''} -- is x (N, C, *spatial) with the channels, rank and size "
         f"{type(model).__name__} expects?"
     )
+
+
+class NdcamWarning(UserWarning):
+    """Base class of every warning that ndcam emits on purpose."""
+
+
+class ConstantMapWarning(NdcamWarning):
+    """A map came out constant (usually all-zero): nothing in it can be read.
+
+    Typical causes: every channel weight is negative so the ReLU removes the whole map (try ``normalize=False``,
+    another target, a layer nearer the input, or a method without ReLU such as HiResCAM); the target score does not
+    depend on the layer; the input is constant.
+    """
+
+
+class BatchDependenceWarning(NdcamWarning):
+    """The model normalizes with batch statistics, so one sample's map depends on the other samples of the batch."""
