@@ -9,7 +9,7 @@ torch.Size([1, 16, 16, 16])
 
 from __future__ import annotations
 
-from . import metrics, ops, targets
+from . import metrics, ops, targets, viz
 from ._errors import (
     BatchDependenceWarning,
     ConstantMapWarning,
@@ -73,6 +73,7 @@ __all__ = [
     "targets",
     "ops",
     "metrics",
+    "viz",
     "NdcamError",
     "InputError",
     "InputTypeError",

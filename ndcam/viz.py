@@ -165,24 +165,36 @@ def plot_volume(volume: Any, cam: Any, *, alpha: float = 0.5, cmap: str = "jet",
     return fig
 
 
-def plot_explanation(exp: Any, x: Any = None, index: int = 0, k: int = 0, **kwargs: Any):
-    """Pick the view by rank for sample ``index`` (and target ``k`` when there are K maps per sample)."""
+def plot_explanation(exp: Any, x: Any = None, index: int = 0, k: int = 0, *, kind: str | None = None,
+                     fs: float | None = None, units: Any = None, channels: Any = None, freqs: Any = None,
+                     times: Any = None, freq_scale: str | None = None, affine: Any = None, offset: float = 0.0,
+                     labels: Any = None, cmap: str = "jet", title: str | None = None, **kwargs: Any):
+    """Pick the view by rank (or ``kind``) for sample ``index`` (and target ``k`` when there are K maps per sample).
+
+    Keyword contract (what the command line passes from the input file): ``kind`` (``"signal"``, ``"image"``,
+    ``"spectrogram"``, ``"volume"``), ``fs`` (Hz), ``units`` (per channel), ``channels`` (names), ``freqs``/``times``
+    (spectrogram axes), ``freq_scale`` (``"linear"``, ``"log"``, ``"mel"``), ``affine`` (4x4 voxel-to-world),
+    ``offset`` (seconds: the window's start in the recording), ``labels`` (class names), ``cmap``, ``title``.
+    """
     maps = exp.maps[index]
     if exp.scores.ndim == 2:
         maps = maps[k]
     rank = exp.rank
     sample = None if x is None else x[index]
     target = "" if exp.targets is None else f" target {exp.targets[index].tolist()}"
-    title = kwargs.pop("title", f"{exp.method} on {', '.join(exp.layers)}{target}")
+    title = title if title is not None else f"{exp.method} on {', '.join(exp.layers)}{target}"
+    if kind == "spectrogram":
+        spec = sample if sample is not None else np.zeros(tuple(maps.shape))
+        return plot_spectrogram(spec, maps, freqs=freqs, times=times, title=title, cmap=cmap)
     if rank == 1:
         sig = sample if sample is not None else _np(maps)[None]
-        return plot_signal(sig, maps, title=title, **kwargs)
+        return plot_signal(sig, maps, title=title, fs=fs, leads=channels, cmap=cmap)
     if rank == 2:
         img = sample if sample is not None else np.zeros(tuple(maps.shape))
-        return plot_image(img, maps, title=title, **kwargs)
+        return plot_image(img, maps, title=title, cmap=cmap)
     if rank == 3:
         vol = sample if sample is not None else np.zeros(tuple(maps.shape))
-        return plot_volume(vol, maps, title=title, **kwargs)
+        return plot_volume(vol, maps, title=title, cmap=cmap)
     raise ValueError(f"no view for spatial rank {rank}; plot slices of exp.maps yourself")
 
 
