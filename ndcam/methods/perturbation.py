@@ -192,7 +192,7 @@ class ScoreCAM(_PerturbationCAM):
         if self.top_k is not None and self.top_k < c:
             channels = ops.spatial_mean(a).topk(self.top_k, dim=1).indices
         cc = channels.shape[1]
-        blocks = list(_channel_blocks(cc, n, self.batch_size))
+        blocks = list(_channel_blocks(cc, n, ops.bounded_batch(self.batch_size, x[0].numel())))
         bar = _Progress(len(blocks), f"{type(self).__name__}", self.progress)
         out = []
         for c0, c1 in blocks:
@@ -238,7 +238,7 @@ class AblationCAM(_PerturbationCAM):
     def perturbed_scores(self, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
         """Target scores ``(N, C[, K])`` with each channel of the captured layer zeroed."""
         n, c = a.shape[:2]
-        blocks = list(_channel_blocks(c, n, self.batch_size))
+        blocks = list(_channel_blocks(c, n, ops.bounded_batch(self.batch_size, x[0].numel())))
         bar = _Progress(len(blocks), f"{type(self).__name__}", self.progress)
         layer = self._current_layer
         out = []
