@@ -263,6 +263,39 @@ def minmax_normalize(
     return out.clamp_(0.0, 1.0)
 
 
+def _leading_direction(x: torch.Tensor) -> torch.Tensor:
+    """Projection ``(N, S)`` of the rows of ``x`` ``(N, S, C)`` on their first right singular vector, scaled by the
+    singular value (``X v1 = sigma1 u1``), from the smaller Gram matrix; may raise ``torch.linalg.LinAlgError``."""
+    s, c = x.shape[1], x.shape[2]
+    if s <= c:
+        gram = x @ x.transpose(1, 2)  # (N, S, S) = U diag(sigma^2) U^T
+        vals, vecs = torch.linalg.eigh(gram)
+        return vecs[:, :, -1] * vals[:, -1].clamp(min=0).sqrt()[:, None]
+    cov = x.transpose(1, 2) @ x  # (N, C, C) = V diag(sigma^2) V^T
+    _, vecs = torch.linalg.eigh(cov)
+    return torch.einsum("nsc,nc->ns", x, vecs[:, :, -1])
+
+
+def _stable_direction(x: torch.Tensor) -> torch.Tensor:
+    """:func:`_leading_direction`, falling back to float64 and then to an SVD when ``eigh`` fails or returns
+    non-finite values (ill-conditioned or near-degenerate matrices)."""
+    try:
+        proj = _leading_direction(x)
+        if bool(torch.isfinite(proj).all()):
+            return proj
+    except torch.linalg.LinAlgError:
+        pass
+    x64 = x.double()
+    try:
+        proj = _leading_direction(x64)
+        if bool(torch.isfinite(proj).all()):
+            return proj.to(x.dtype)
+    except torch.linalg.LinAlgError:
+        pass
+    u, sv, _ = torch.linalg.svd(x64, full_matrices=False)  # divide-and-conquer / QR based: converges where eigh does not
+    return (u[:, :, 0] * sv[:, :1]).to(x.dtype)
+
+
 def first_principal_component(t: torch.Tensor, reference: torch.Tensor | None = None) -> torch.Tensor:
     """Projection of each sample's spatial positions on the first principal component of its channels.
 
@@ -271,29 +304,31 @@ def first_principal_component(t: torch.Tensor, reference: torch.Tensor | None = 
     https://arxiv.org/abs/2008.00299). The sign of a singular vector is arbitrary; it is fixed so that the projection
     correlates positively with ``reference`` (default: the channel sum of ``t``), so a map is never inverted.
 
+    Numerics: the principal direction does not depend on the matrix's scale, so each sample is divided by its largest
+    magnitude before the decomposition (no overflow of the Gram matrix for activations ~1e30, no underflow for tiny
+    ones) and the projection is scaled back afterwards. The leading direction comes from ``eigh`` of the smaller Gram
+    matrix; if that fails (``LinAlgError``) or is not finite, it is recomputed in float64, then by an SVD.
+
     Args:
         t: ``(N, C, *S)`` tensor.
         reference: ``(N, *S)`` map that fixes the sign; default ``t.sum(1)``.
 
     Returns:
-        ``(N, *S)`` projection.
+        ``(N, *S)`` projection, in ``t``'s dtype (float32 for narrower ones).
     """
+    t = wide(t)
     n, spatial = t.shape[0], t.shape[2:]
     x = rearrange(t, "n c ... -> n (...) c")
+    scale = x.reshape(n, -1).abs().amax(1)
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    x = x / scale[:, None, None]
     x = x - x.mean(dim=1, keepdim=True)
-    s, c = x.shape[1], x.shape[2]
     # the leading singular direction from the smaller of the two Gram matrices (S x S or C x C): same projection
     # as an SVD, at a fraction of its cost when channels and positions differ a lot
-    if s <= c:
-        gram = x @ x.transpose(1, 2)  # (N, S, S) = U diag(sigma^2) U^T
-        vals, vecs = torch.linalg.eigh(gram)
-        proj = vecs[:, :, -1] * vals[:, -1].clamp(min=0).sqrt()[:, None]  # X v1 = sigma1 u1
-    else:
-        cov = x.transpose(1, 2) @ x  # (N, C, C) = V diag(sigma^2) V^T
-        _, vecs = torch.linalg.eigh(cov)
-        proj = torch.einsum("nsc,nc->ns", x, vecs[:, :, -1])
-    ref = channel_sum(t) if reference is None else reference
+    proj = _stable_direction(x)
+    ref = channel_sum(t) if reference is None else wide(reference)
     ref = ref.reshape(n, -1)
+    ref = ref / ref.abs().amax(1, keepdim=True).clamp(min=torch.finfo(ref.dtype).tiny)
     ref = ref - ref.mean(dim=1, keepdim=True)
     sign = torch.where((proj * ref).sum(dim=1) < 0, -1.0, 1.0).to(proj.dtype)
-    return (proj * sign[:, None]).reshape(n, *spatial)
+    return (proj * (sign * scale)[:, None]).reshape(n, *spatial)
