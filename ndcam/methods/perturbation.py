@@ -138,9 +138,9 @@ class _PerturbationCAM(BaseCAM):
                 self._current_layer, self._current_raw = modules[name], raw
                 scores = self.perturbed_scores(x, a)
                 scores = scores if scores.ndim == 3 else scores[..., None]
-                maps = []
+                maps, a = [], ops.wide(a)  # weights and maps in float32 or wider, whatever the model's dtype
                 for k in range(sc.shape[1]):
-                    w = self.weights_from(scores[..., k], sc[:, k]).to(a.dtype)
+                    w = self.weights_from(ops.wide(scores[..., k]), ops.wide(sc[:, k])).to(a.dtype)
                     if self.eigen_smooth:
                         m = ops.first_principal_component(w.reshape(w.shape + (1,) * (a.ndim - 2)) * a)
                     else:
