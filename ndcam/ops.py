@@ -39,6 +39,7 @@ __all__ = [
     "spatial_minmax",
     "first_principal_component",
     "wide",
+    "narrow",
     "bounded_batch",
     "MAX_BATCH_ELEMENTS",
 ]
@@ -53,6 +54,22 @@ def wide(t: torch.Tensor) -> torch.Tensor:
     """``t`` in float32 if its dtype is narrower (float16, bfloat16); float32/float64 tensors are returned as they
     are. Weights and maps are computed in float32 or wider whatever the model's dtype."""
     return t.float() if t.is_floating_point() and torch.finfo(t.dtype).bits < 32 else t
+
+
+def narrow(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``t`` cast to ``dtype`` when that loses nothing but rounding (every value zero or within ``dtype``'s normal
+    range, with room to spare for sums); otherwise ``t`` unchanged (maps computed in float64 whose values would
+    overflow or underflow in float32 stay in float64 until they are normalized)."""
+    if t.dtype == dtype or not t.is_floating_point():
+        return t
+    info = torch.finfo(dtype)
+    mag = t.abs()
+    big = float(mag.amax()) if t.numel() else 0.0
+    nonzero = mag[mag > 0]
+    small = float(nonzero.amin()) if nonzero.numel() else 1.0
+    if big < info.max / 2**16 and (big == 0 or small > info.tiny * 2**16):
+        return t.to(dtype)
+    return t
 
 
 def bounded_batch(batch_size: int, sample_numel: int, max_elements: int = MAX_BATCH_ELEMENTS) -> int:

@@ -70,10 +70,9 @@ def gradcampp_weights(
 
     which has no cube to overflow or underflow: evaluated in float64 it equals eq. 19 (to float64 rounding) for
     gradients anywhere in float32's range, where the direct float32 formula returns zeros (:math:`G^3` overflows
-    above ~1e13, underflows below ~1e-15). Weights are returned in float32 or the activations' dtype if wider.
-    ``inplace`` is kept for compatibility and ignored (the float64 copy is the only temporary).
+    above ~1e13, underflows below ~1e-15). The weights are returned in float64 (for tiny gradients they lie below
+    float32's range); ``inplace`` is kept for compatibility and ignored (the float64 copy is the only temporary).
     """
-    out_dtype = ops.wide(activations).dtype
     n, extra = activations.shape[0], (1,) * (activations.ndim - 2)
     sum_a = ops.spatial_sum(activations.to(torch.float64))  # (N, C)
     g = gradients.to(torch.float64, copy=True).relu_()
@@ -85,7 +84,7 @@ def gradcampp_weights(
     den = e / g.square()  # inf where g = 0 -> term 0 (0 / inf)
     den.addcmul_(sm.expand_as(g), g).add_(2.0)
     terms = g.div_(den).nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
-    return (ops.spatial_sum(terms) * m[:, None]).to(out_dtype)
+    return ops.spatial_sum(terms) * m[:, None]
 
 
 def xgradcam_weights(activations: torch.Tensor, gradients: torch.Tensor, eps: float = XGRADCAM_EPS) -> torch.Tensor:
@@ -135,8 +134,16 @@ class GradCAMPlusPlus(BaseCAM):
     """
 
     def weights(self, activations, gradients, classes):
-        # the gradient of this target is used once, for these weights: overwrite it instead of copying
-        return gradcampp_weights(activations, gradients, inplace=True)
+        return gradcampp_weights(activations, gradients)
+
+    def layer_map(self, activations, gradients, classes):
+        # float64 weights times float64 activations: the map may lie outside float32's range (tiny gradients)
+        m = ops.weighted_sum(self.weights(activations, gradients, classes), activations.double())
+        return ops.narrow(m, ops.wide(activations).dtype)
+
+    def channel_maps(self, activations, gradients, classes):
+        w = self.weights(activations, gradients, classes)
+        return w.reshape(w.shape + (1,) * (activations.ndim - 2)) * activations.double()
 
 
 @register("xgradcam", "xgrad-cam")
