@@ -52,14 +52,16 @@ _NATIVE_MODES = {1: "linear", 2: "bilinear", 3: "trilinear"}
 
 def wide(t: torch.Tensor) -> torch.Tensor:
     """``t`` in float32 if its dtype is narrower (float16, bfloat16); float32/float64 tensors are returned as they
-    are. Weights and maps are computed in float32 or wider whatever the model's dtype."""
+    are. Weights and maps are computed in float32 or wider whatever the model's dtype.
+    """
     return t.float() if t.is_floating_point() and torch.finfo(t.dtype).bits < 32 else t
 
 
 def narrow(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """``t`` cast to ``dtype`` when that loses nothing but rounding (every value zero or within ``dtype``'s normal
     range, with room to spare for sums); otherwise ``t`` unchanged (maps computed in float64 whose values would
-    overflow or underflow in float32 stay in float64 until they are normalized)."""
+    overflow or underflow in float32 stay in float64 until they are normalized).
+    """
     if t.dtype == dtype or not t.is_floating_point():
         return t
     info = torch.finfo(dtype)
@@ -75,7 +77,8 @@ def narrow(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 def bounded_batch(batch_size: int, sample_numel: int, max_elements: int = MAX_BATCH_ELEMENTS) -> int:
     """Inputs per perturbed forward: ``batch_size``, lowered so that a batch holds at most ``max_elements`` input
     elements (never below one input). Keeps the perturbation methods' peak memory linear in the signal length and
-    within a small factor of one plain forward for long signals and large volumes."""
+    within a small factor of one plain forward for long signals and large volumes.
+    """
     return max(1, min(int(batch_size), max_elements // max(1, int(sample_numel))))
 
 
@@ -171,14 +174,16 @@ def _apply_axis_matrices(maps: torch.Tensor, mats: list[torch.Tensor]) -> torch.
 
 def _upsample_matmul(maps: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
     """Separable interpolation as one small matrix product per axis (same weights as the native kernels). Only for
-    small source axes (<= 16 samples): the matrices are ``(out, <= 16)``, linear in the output size."""
+    small source axes (<= 16 samples): the matrices are ``(out, <= 16)``, linear in the output size.
+    """
     mats = [interpolation_matrix(n, s, maps.dtype, maps.device) for n, s in zip(maps.shape[1:], size)]
     return _apply_axis_matrices(maps, mats)
 
 
 def _extreme_candidates(n_in: int, n_out: int) -> torch.Tensor:
     """Output positions (along one axis) that can hold an extreme of the interpolated signal: the first and last
-    output sample between each pair of source samples. At most ``2 * n_in`` of them; O(n_out) work and memory."""
+    output sample between each pair of source samples. At most ``2 * n_in`` of them; O(n_out) work and memory.
+    """
     i0, _, _ = interpolation_indices(n_in, n_out)
     change = torch.ones(n_out, dtype=torch.bool)
     change[1:] = i0[1:] != i0[:-1]
@@ -282,7 +287,8 @@ def minmax_normalize(
 
 def _leading_direction(x: torch.Tensor) -> torch.Tensor:
     """Projection ``(N, S)`` of the rows of ``x`` ``(N, S, C)`` on their first right singular vector, scaled by the
-    singular value (``X v1 = sigma1 u1``), from the smaller Gram matrix; may raise ``torch.linalg.LinAlgError``."""
+    singular value (``X v1 = sigma1 u1``), from the smaller Gram matrix; may raise ``torch.linalg.LinAlgError``.
+    """
     s, c = x.shape[1], x.shape[2]
     if s <= c:
         gram = x @ x.transpose(1, 2)  # (N, S, S) = U diag(sigma^2) U^T
@@ -295,7 +301,8 @@ def _leading_direction(x: torch.Tensor) -> torch.Tensor:
 
 def _stable_direction(x: torch.Tensor) -> torch.Tensor:
     """:func:`_leading_direction`, falling back to float64 and then to an SVD when ``eigh`` fails or returns
-    non-finite values (ill-conditioned or near-degenerate matrices)."""
+    non-finite values (ill-conditioned or near-degenerate matrices).
+    """
     try:
         proj = _leading_direction(x)
         if bool(torch.isfinite(proj).all()):

@@ -57,7 +57,8 @@ def effective_bias(module: nn.Module) -> torch.Tensor | None:
 def modules_that_ran(model: nn.Module, x: torch.Tensor, modules: list[nn.Module]) -> set[nn.Module]:
     """Which of ``modules`` run in an eval-mode, no-grad forward of ``x`` (one sample is enough): branches that eval
     never runs (Inception's auxiliary head, training-only heads, unused modules) are left out. The model's training
-    flags are restored and no BatchNorm statistic changes (eval mode)."""
+    flags are restored and no BatchNorm statistic changes (eval mode).
+    """
     ran: set[nn.Module] = set()
     state = ModelState.save(model)
     handles = [m.register_forward_hook(lambda mod, i, o: ran.add(mod)) for m in set(modules)]
