@@ -253,3 +253,17 @@ def test_fullgrad_refuses_when_no_bias_layer_runs(rank):
     model = OnlyUnusedBias(rank).double()
     with pytest.raises(LookupError, match="never ran"):
         ndcam.FullGrad(model)(make_input(rank))
+
+
+# ------------------------------------------------------------------------------------------------ inference mode
+@pytest.mark.xfail(reason="needs the core helper's conversion of inference-mode inputs (base.py/capture.py); "
+                   "remove this marker after merging both branches", strict=False)
+@pytest.mark.parametrize("method", ["fullgrad", "guidedbackprop", "guidedgradcam"])
+def test_full_backward_methods_accept_inference_mode_inputs(method, rank):
+    model = make_net(rank)
+    with torch.inference_mode():
+        x = make_input(rank)
+    expected = _explain(model, x.clone(), method).maps
+    torch.testing.assert_close(_explain(model, x, method).maps, expected)
+    with torch.inference_mode():
+        torch.testing.assert_close(_explain(model, x, method).maps, expected)
