@@ -137,9 +137,14 @@ class GradCAMPlusPlus(BaseCAM):
         return gradcampp_weights(activations, gradients)
 
     def layer_map(self, activations, gradients, classes):
-        # float64 weights times float64 activations: the map may lie outside float32's range (tiny gradients)
-        m = ops.weighted_sum(self.weights(activations, gradients, classes), activations.double())
-        return ops.narrow(m, ops.wide(activations).dtype)
+        w = self.weights(activations, gradients, classes)
+        a = ops.wide(activations)
+        w_narrow = ops.narrow(w, a.dtype)
+        bound = float(w.abs().amax()) * float(a.abs().amax()) * a.shape[1] if a.numel() else 0.0
+        if w_narrow.dtype == a.dtype and bound < torch.finfo(a.dtype).max / 2**16:
+            return ops.weighted_sum(w_narrow, a)  # the usual case: no float64 copy of the activations
+        # weights or map outside float32's comfortable range (tiny or huge gradients): map in float64
+        return ops.narrow(ops.weighted_sum(w, activations.double()), a.dtype)
 
     def channel_maps(self, activations, gradients, classes):
         w = self.weights(activations, gradients, classes)
