@@ -74,15 +74,14 @@ def gradcampp_weights(
     float32's range); ``inplace`` is kept for compatibility and ignored (the float64 copy is the only temporary).
     """
     n, extra = activations.shape[0], (1,) * (activations.ndim - 2)
-    sum_a = ops.spatial_sum(activations.to(torch.float64))  # (N, C)
-    g = gradients.to(torch.float64, copy=True).relu_()
+    sum_a = activations.reshape(*activations.shape[:2], -1).sum(2, dtype=torch.float64)  # (N, C), no float64 copy
+    g = gradients.to(torch.float64, copy=True).relu_()  # the only gradient-sized float64 copy ...
     m = g.reshape(n, -1).amax(1)  # the sample's largest positive gradient
     m = torch.where(m > 0, m, torch.ones_like(m))  # no positive gradient: all terms are 0 whatever m
     g.div_(m.reshape(n, 1, *extra))
     sm = (sum_a * m[:, None]).reshape(sum_a.shape + extra)
-    e = (eps / m.square()).reshape(n, 1, *extra)
-    den = e / g.square()  # inf where g = 0 -> term 0 (0 / inf)
-    den.addcmul_(sm.expand_as(g), g).add_(2.0)
+    den = g.square().reciprocal_().mul_((eps / m.square()).reshape(n, 1, *extra))  # ... and one temporary
+    den.addcmul_(sm.expand_as(g), g).add_(2.0)  # inf where g = 0 -> term 0 (0 / inf)
     terms = g.div_(den).nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
     return ops.spatial_sum(terms) * m[:, None]
 
