@@ -21,7 +21,8 @@ import torch
 from torch import nn
 
 from .. import ops
-from .._errors import LayerError
+from .._errors import LayerError, forward_failed
+from ..capture import ModelState
 from ..models import BATCHNORM, CONV
 from .base import BaseCAM, register
 
@@ -53,10 +54,34 @@ def effective_bias(module: nn.Module) -> torch.Tensor | None:
     return None if bias is None else bias.detach()
 
 
+def modules_that_ran(model: nn.Module, x: torch.Tensor, modules: list[nn.Module]) -> set[nn.Module]:
+    """Which of ``modules`` run in an eval-mode, no-grad forward of ``x`` (one sample is enough): branches that eval
+    never runs (Inception's auxiliary head, training-only heads, unused modules) are left out. The model's training
+    flags are restored and no BatchNorm statistic changes (eval mode).
+    """
+    ran: set[nn.Module] = set()
+    state = ModelState.save(model)
+    handles = [m.register_forward_hook(lambda mod, i, o: ran.add(mod)) for m in set(modules)]
+    try:
+        model.eval()
+        with torch.no_grad():
+            try:
+                model(x)
+            except Exception as e:
+                raise forward_failed(model, x, e) from e
+    finally:
+        for h in handles:
+            h.remove()
+        state.restore()
+    return ran
+
+
 @register("fullgrad")
 class FullGrad(BaseCAM):
     """FullGrad saliency (see the module docstring). ``layers=None`` uses every convolution with a bias and every
-    BatchNorm of the input's rank; a list of layers restricts the bias-gradient terms to those.
+    BatchNorm of the input's rank that runs in the eval forward pass (found by a one-sample probe, so unused
+    branches such as Inception's auxiliary head are left out); a list of layers restricts the bias-gradient terms to
+    those.
     """
 
     input_gradient = True
@@ -65,21 +90,29 @@ class FullGrad(BaseCAM):
     def _default_layers(self, x: torch.Tensor) -> list[tuple[str, nn.Module]]:
         rank = x.ndim - 2
         kinds = tuple(k for k in (CONV.get(rank), BATCHNORM.get(rank)) if k is not None)
-        layers = [(n, m) for n, m in self.model.named_modules() if n and isinstance(m, kinds)
-                  and effective_bias(m) is not None]
+        candidates = [(n, m) for n, m in self.model.named_modules() if n and isinstance(m, kinds)
+                      and effective_bias(m) is not None]
+        layers = modules_that_ran(self.model, x[:1], [m for _, m in candidates])
+        layers = [(n, m) for n, m in candidates if m in layers]
         if not layers:
-            raise LayerError(f"FullGrad found no convolution or BatchNorm with a bias for a rank-{rank} input; pass layers=")
+            raise LayerError(
+                f"FullGrad found no convolution or BatchNorm with a bias of rank {rank} that runs in the model's "
+                f"forward pass ({len(candidates)} exist but never ran); pass layers="
+                if candidates else
+                f"FullGrad found no convolution or BatchNorm with a bias for a rank-{rank} input; pass layers="
+            )
         return layers
 
     def _layer_maps(self, cap, x, sc, class_idx, score_fn):
         size = tuple(x.shape[2:])
         modules = dict(cap.layers)
         biases = [effective_bias(modules[name]) for name in cap.names]
-        inp = cap.input.detach()
+        inp = ops.wide(cap.input.detach())
         maps = []
         k_total = sc.shape[1]
         for k in range(k_total):
             g_in, g_layers = cap.input_and_layer_gradients(sc[:, k], retain_graph=k < k_total - 1)
+            g_in, g_layers = ops.wide(g_in), [ops.wide(g) for g in g_layers]
             total = fullgrad_postprocess(g_in * inp).sum(1)
             for g, b in zip(g_layers, biases):
                 if b is None:

@@ -61,18 +61,29 @@ def gradcampp_weights(
     normalized map). MONAI sums :math:`A\,G^3` over positions instead of multiplying :math:`\sum A` by
     :math:`G^3`, which is not the paper's eq. 19.
 
-    Only positive gradients contribute (:math:`\mathrm{ReLU}(G) = 0` elsewhere), and there
-    :math:`\alpha G = G^3 / (2 G^2 + \sum A \cdot G^3 + \epsilon)`. Computing that directly needs one
-    activation-sized temporary (none beyond the gradient itself with ``inplace=True``, which overwrites
-    ``gradients``), and never meets the peer's 0/0 at negative gradients.
+    **Scale-stable evaluation.** Only positive gradients contribute; there, dividing numerator and denominator of
+    :math:`\alpha G = G^3 / (2 G^2 + S_c G^3 + \epsilon)` (:math:`S_c = \sum_s A_{c,s}`) by :math:`G^2` and writing
+    :math:`G = m\,g` with :math:`m` the sample's largest positive gradient (:math:`0 < g \le 1`) gives exactly
+
+    .. math::
+        \alpha_{c,s} G_{c,s} = m\,\frac{g}{2 + (S_c m)\,g + (\epsilon / m^2) / g^2},
+
+    which has no cube to overflow or underflow: evaluated in float64 it equals eq. 19 (to float64 rounding) for
+    gradients anywhere in float32's range, where the direct float32 formula returns zeros (:math:`G^3` overflows
+    above ~1e13, underflows below ~1e-15). The weights are returned in float64 (for tiny gradients they lie below
+    float32's range); ``inplace`` is kept for compatibility and ignored (the float64 copy is the only temporary).
     """
-    sum_a = ops.spatial_sum(activations)
-    sum_a = sum_a.reshape(sum_a.shape + (1,) * (activations.ndim - 2))
-    g = gradients.relu_() if inplace else torch.relu(gradients)
-    g2 = g.square()
-    num = g.mul_(g2)  # G^3 (positive part)
-    den = g2.mul_(2).addcmul_(num, sum_a.expand_as(num)).add_(eps)
-    return ops.spatial_sum(num.div_(den).nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0))
+    n, extra = activations.shape[0], (1,) * (activations.ndim - 2)
+    sum_a = activations.reshape(*activations.shape[:2], -1).sum(2, dtype=torch.float64)  # (N, C), no float64 copy
+    g = gradients.to(torch.float64, copy=True).relu_()  # the only gradient-sized float64 copy ...
+    m = g.reshape(n, -1).amax(1)  # the sample's largest positive gradient
+    m = torch.where(m > 0, m, torch.ones_like(m))  # no positive gradient: all terms are 0 whatever m
+    g.div_(m.reshape(n, 1, *extra))
+    sm = (sum_a * m[:, None]).reshape(sum_a.shape + extra)
+    den = g.square().reciprocal_().mul_((eps / m.square()).reshape(n, 1, *extra))  # ... and one temporary
+    den.addcmul_(sm.expand_as(g), g).add_(2.0)  # inf where g = 0 -> term 0 (0 / inf)
+    terms = g.div_(den).nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
+    return ops.spatial_sum(terms) * m[:, None]
 
 
 def xgradcam_weights(activations: torch.Tensor, gradients: torch.Tensor, eps: float = XGRADCAM_EPS) -> torch.Tensor:
@@ -122,8 +133,21 @@ class GradCAMPlusPlus(BaseCAM):
     """
 
     def weights(self, activations, gradients, classes):
-        # the gradient of this target is used once, for these weights: overwrite it instead of copying
-        return gradcampp_weights(activations, gradients, inplace=True)
+        return gradcampp_weights(activations, gradients)
+
+    def layer_map(self, activations, gradients, classes):
+        w = self.weights(activations, gradients, classes)
+        a = ops.wide(activations)
+        w_narrow = ops.narrow(w, a.dtype)
+        bound = float(w.abs().amax()) * float(a.abs().amax()) * a.shape[1] if a.numel() else 0.0
+        if w_narrow.dtype == a.dtype and bound < torch.finfo(a.dtype).max / 2**16:
+            return ops.weighted_sum(w_narrow, a)  # the usual case: no float64 copy of the activations
+        # weights or map outside float32's comfortable range (tiny or huge gradients): map in float64
+        return ops.narrow(ops.weighted_sum(w, activations.double()), a.dtype)
+
+    def channel_maps(self, activations, gradients, classes):
+        w = self.weights(activations, gradients, classes)
+        return w.reshape(w.shape + (1,) * (activations.ndim - 2)) * activations.double()
 
 
 @register("xgradcam", "xgrad-cam")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .. import ops
 from ..explanation import Explanation
 from .base import BaseCAM, range_and_normalize, register
 from .gradient import GradCAM
@@ -74,7 +75,7 @@ class GuidedBackprop(BaseCAM):
             g_in, _ = cap.input_and_layer_gradients(sc[:, k], retain_graph=k < k_total - 1)
             if self._store is not None:
                 self._store.append(g_in.detach())
-            maps.append(g_in.abs().sum(1))
+            maps.append(ops.wide(g_in).abs().sum(1))
         return [torch.stack(maps, dim=1)]
 
     _store: list | None = None
@@ -95,12 +96,17 @@ class GuidedGradCAM(BaseCAM):
     """Guided Grad-CAM: Guided Backpropagation (channel-summed magnitude) times the upsampled Grad-CAM map.
 
     Runs two forward passes (one guided, one for Grad-CAM); maps are at the input's resolution whatever ``upsample``.
+    The product is formed in float64, so normalized maps stay finite for any float32 magnitudes; with
+    ``normalize=False`` a raw product beyond float32's range (~3e38) is returned as inf.
     """
 
     def explain(self, x, targets=None, *, upsample=True, normalize=True):
         guided = GuidedBackprop(self.model).explain(x, targets, normalize=False)
         layers = None if self._layers is None else [m for _, m in self._layers]
         cam = GradCAM(self.model, layers, reshape=self.reshape).explain(x, targets, normalize=False)
-        maps, lo, hi = range_and_normalize(guided.maps * cam.maps, 2 if cam.scores.ndim == 2 else 1, normalize)
+        # the product in float64: two float32 factors cannot overflow or underflow there (~1e77 / 1e-90), so the
+        # normalized map stays finite and exact for huge or tiny magnitudes (in float32 it became inf * 0 = NaN)
+        raw = guided.maps.double() * cam.maps.double()
+        maps, lo, hi = range_and_normalize(raw, 2 if cam.scores.ndim == 2 else 1, normalize)
         return Explanation(maps=maps.float(), scores=cam.scores, targets=cam.targets, layers=cam.layers,
                            method=self.registry_name, raw_min=lo.float(), raw_max=hi.float(), input_shape=cam.input_shape)

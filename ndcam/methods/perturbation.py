@@ -138,9 +138,9 @@ class _PerturbationCAM(BaseCAM):
                 self._current_layer, self._current_raw = modules[name], raw
                 scores = self.perturbed_scores(x, a)
                 scores = scores if scores.ndim == 3 else scores[..., None]
-                maps = []
+                maps, a = [], ops.wide(a)  # weights and maps in float32 or wider, whatever the model's dtype
                 for k in range(sc.shape[1]):
-                    w = self.weights_from(scores[..., k], sc[:, k]).to(a.dtype)
+                    w = self.weights_from(ops.wide(scores[..., k]), ops.wide(sc[:, k])).to(a.dtype)
                     if self.eigen_smooth:
                         m = ops.first_principal_component(w.reshape(w.shape + (1,) * (a.ndim - 2)) * a)
                     else:
@@ -192,7 +192,7 @@ class ScoreCAM(_PerturbationCAM):
         if self.top_k is not None and self.top_k < c:
             channels = ops.spatial_mean(a).topk(self.top_k, dim=1).indices
         cc = channels.shape[1]
-        blocks = list(_channel_blocks(cc, n, self.batch_size))
+        blocks = list(_channel_blocks(cc, n, ops.bounded_batch(self.batch_size, x[0].numel())))
         bar = _Progress(len(blocks), f"{type(self).__name__}", self.progress)
         out = []
         for c0, c1 in blocks:
@@ -238,7 +238,7 @@ class AblationCAM(_PerturbationCAM):
     def perturbed_scores(self, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
         """Target scores ``(N, C[, K])`` with each channel of the captured layer zeroed."""
         n, c = a.shape[:2]
-        blocks = list(_channel_blocks(c, n, self.batch_size))
+        blocks = list(_channel_blocks(c, n, ops.bounded_batch(self.batch_size, x[0].numel())))
         bar = _Progress(len(blocks), f"{type(self).__name__}", self.progress)
         layer = self._current_layer
         out = []
