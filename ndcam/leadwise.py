@@ -22,6 +22,7 @@ noise in irrelevant leads). :meth:`LeadExplanation.lead_energy` gives each lead'
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +31,7 @@ import torch
 from torch import nn
 
 from . import ops
-from ._errors import InputError
+from ._errors import ConstantMapWarning, InputError
 from .capture import Capture
 from .explain import explain
 from .explanation import Explanation
@@ -144,6 +145,13 @@ def explain_leads(
         raw = fullgrad_postprocess(gx) if method == "fullgrad" else gx.abs() * cam.maps.to(x.dtype).unsqueeze(1)
     lo, hi = ops.spatial_minmax(raw)
     maps = ops.minmax_normalize(raw, inplace=True, minmax=(lo, hi))
+    flat = ops.constant_maps(lo, hi)
+    if bool(flat.any()):
+        warnings.warn(
+            f"the lead-wise maps of sample(s) {flat.nonzero().flatten().tolist()} are constant (all-zero): "
+            f"{'the input gradient is zero' if method == 'fullgrad' else 'the Grad-CAM map is all-zero after its ReLU'}"
+            f"; try another target or layers=, or method='fullgrad' (no CAM weighting)",
+            ConstantMapWarning, stacklevel=2)
     return LeadExplanation(maps=maps.float(), scores=cam.scores, targets=cam.targets,
                            layers=[] if method == "fullgrad" else cam.layers, method=f"leadwise-{method}",
                            raw_min=lo.float(), raw_max=hi.float(), input_shape=tuple(x.shape))
