@@ -15,6 +15,7 @@ a grid of slices through each channel's peak (3D), each titled "channel c, weigh
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -78,9 +79,10 @@ class ChannelResult:
         return len(self.input_shape) - 2
 
     def plot(self, x: torch.Tensor, index: int = 0, *, fs: float | None = None, lead: int = 0,
-             units: str | None = None, cols: int = 4, cmap: str = "jet", title: str | None = None):
+             units: str | None = None, cols: int | None = None, cmap: str = "jet", title: str | None = None):
         """Draw the top channels of sample ``index``: rank 1 stacked heat bands over the signal (lead ``lead``),
-        rank 2 a grid of overlays on the input, rank 3 a grid of axial slices through each channel map's peak.
+        rank 2 a grid of overlays on the input, rank 3 a grid of axial slices through each channel map's peak
+        (grids of ``cols`` columns, default about square, the input first).
         Each panel is titled "channel c, weight w"; the figure with the layer, the weighting and the target.
         """
         _check_sample(x, self.input_shape, index)
@@ -92,13 +94,14 @@ class ChannelResult:
         title = title if title is not None else (
             f"Top {len(labels)} of {self.num_channels} channels of {self.layer} by {what}{target}")
         sample = _to_np(x[index])[lead]
+        cols = cols or int(math.ceil(math.sqrt(len(labels) + 1)))
         if self.rank == 1:
             labels = [lab.replace(", ", "\n") for lab in labels]
             return band_panels(sample, maps, labels, fs=fs, units=units, cmap=cmap, title=title)
         if self.rank == 2:
-            return overlay_row(sample, maps, labels, cmap=cmap, title=title, cols=min(cols, len(labels) + 1))
+            return overlay_row(sample, maps, labels, cmap=cmap, title=title, cols=cols)
         if self.rank == 3:
-            return volume_rows(sample, maps, labels, cmap=cmap, title=title, mip=False)
+            return volume_rows(sample, maps, labels, cmap=cmap, title=title, mip=False, cols=cols, ref=0)
         raise InputError(f"no picture for spatial rank {self.rank}; draw slices of ChannelResult.maps yourself")
 
 

@@ -357,8 +357,9 @@ def band_panels(signal: np.ndarray, maps: np.ndarray, labels: list[str], *, fs: 
         ax.set_ylabel(labels[p], rotation=0, ha="right", va="center", fontsize=9)
         ax.tick_params(axis="y", labelsize=7)
     axes[-1, 0].set_xlabel("time (s)" if fs else "sample")
-    if units:
-        fig.text(0.995, 0.5, f"amplitude ({units})", rotation=90, va="center", ha="right", fontsize=8)
+    if units:  # above the first panel's amplitude ticks
+        axes[0, 0].annotate(units, xy=(0, 1), xycoords="axes fraction", xytext=(-3, 3), textcoords="offset points",
+                            ha="right", va="bottom", fontsize=7)
     if title:
         fig.suptitle(title, fontsize=11)
     fig.tight_layout(rect=(0, 0, 0.9, 1))
@@ -400,24 +401,39 @@ def overlay_row(image: np.ndarray, maps: np.ndarray, labels: list[str], *, cmap:
 
 
 def volume_rows(volume: np.ndarray, maps: np.ndarray, labels: list[str], *, cmap: str = "jet",
-                title: str | None = None, mip: bool = True):
-    """For each map ``(P, D, H, W)``: the axial slice through its peak (top) and, if ``mip``, the maximum-intensity
-    projections along D of the volume and of the map (bottom).
+                title: str | None = None, mip: bool = True, cols: int | None = None, ref: int = -1):
+    """The input, then for each map ``(P, D, H, W)`` the axial slice through its peak and, if ``mip``, below it the
+    maximum-intensity projections along D of the volume and of the map. Without ``mip`` the slices fill a grid of
+    ``cols`` columns.
+
+    The input panel shows the slice through the peak of map ``ref`` (default the last; and the volume's MIP).
     """
     plt = _plt()
-    n = len(maps)
-    rows = 2 if mip else 1
-    fig, axes = plt.subplots(rows, n, figsize=(2.6 * n + 0.6, 2.75 * rows + 0.5), squeeze=False)
+    n = len(maps) + 1
+    if mip:
+        rows, cols = 2, n
+    else:
+        cols = min(cols or n, n)
+        rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols + 0.6, 2.95 * rows + 0.5), squeeze=False)
     vol = _grey(volume)
+    panels = axes.T.ravel() if mip else axes.ravel()
+    d_last = int(np.unravel_index(int(np.argmax(maps[ref])), maps[ref].shape)[0])
+    first = axes[0, 0]
+    first.imshow(vol[d_last], cmap="gray")
+    first.set_title(f"input\nslice d={d_last}", fontsize=9)
+    if mip:
+        axes[1, 0].imshow(vol.max(0), cmap="gray")
+        axes[1, 0].set_title("input MIP along d", fontsize=9)
     im = None
     for p, m in enumerate(maps):
         d = int(np.unravel_index(int(np.argmax(m)), m.shape)[0])
-        ax = axes[0, p]
+        ax = axes[0, p + 1] if mip else panels[p + 1]
         ax.imshow(vol[d], cmap="gray")
         im = ax.imshow(m[d], cmap=cmap, alpha=0.5, vmin=0, vmax=1)
         ax.set_title(f"{labels[p]}\npeak slice d={d}", fontsize=9)
         if mip:
-            ax = axes[1, p]
+            ax = axes[1, p + 1]
             ax.imshow(vol.max(0), cmap="gray")
             ax.imshow(m.max(0), cmap=cmap, alpha=0.5, vmin=0, vmax=1)
             ax.set_title("MIP along d", fontsize=9)
