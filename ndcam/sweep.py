@@ -168,7 +168,9 @@ class SweepResult:
 
     def _label(self, j: int) -> str:
         shape = self.layer_shapes[j] if j < len(self.layer_shapes) else ()
-        if len(shape) >= 2:
+        if len(shape) == 2:
+            return f"{self.names[j]}\n{shape[1]} samples, {shape[0]} ch"
+        if len(shape) > 2:
             return f"{self.names[j]}\n{'x'.join(map(str, shape[1:]))}, {shape[0]} ch"
         return self.names[j]
 

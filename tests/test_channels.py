@@ -100,3 +100,20 @@ def test_plot_titles(rank):
         assert f"channel {int(c)}" in text and f"weight {float(w):.3g}" in text
     assert "feat" in text and "target class 1" in text
     plt.close(fig)
+
+
+@pytest.mark.parametrize("kind", ["gradcam", "activation"])
+def test_conv1d_net_and_its_twins_give_the_same_channels(kind):
+    from .conftest import randomize_bn
+    from .test_invariants import TwinNet, _twin
+
+    torch.manual_seed(0)
+    net1 = randomize_bn(TwinNet(1)).double().eval()
+    x1 = make_input(1, n=3)
+    r1 = top_channels(net1, x1, "feat", k=4, weights=kind)
+    for rank in (2, 3):
+        xr = x1.reshape(x1.shape[:2] + (1,) * (rank - 1) + x1.shape[2:])
+        rr = top_channels(_twin(net1, rank), xr, "feat", k=4, weights=kind)
+        assert torch.equal(rr.channels, r1.channels)
+        torch.testing.assert_close(rr.weights, r1.weights, atol=1e-12, rtol=1e-9)
+        torch.testing.assert_close(rr.maps.reshape(r1.maps.shape), r1.maps, atol=1e-6, rtol=1e-5)

@@ -144,3 +144,18 @@ def test_plots(rank):
 def test_plot_leads_checks_shapes():
     with pytest.raises(ndcam.InputError, match="same shape"):
         plot_leads(torch.zeros(2, 10), torch.zeros(10))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_conv1d_net_and_its_twins_give_the_same_lead_maps(method):
+    from .conftest import randomize_bn
+    from .test_invariants import TwinNet, _twin
+
+    torch.manual_seed(0)
+    net1 = randomize_bn(TwinNet(1)).double().eval()
+    x1 = make_input(1, n=3)
+    e1 = explain_leads(net1, x1, method, layers="feat")
+    for rank in (2, 3):
+        xr = x1.reshape(x1.shape[:2] + (1,) * (rank - 1) + x1.shape[2:])
+        er = explain_leads(_twin(net1, rank), xr, method, layers="feat")
+        torch.testing.assert_close(er.maps.reshape(e1.maps.shape), e1.maps, atol=1e-6, rtol=1e-5)

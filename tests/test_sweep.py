@@ -48,6 +48,21 @@ def test_torchvision_style_stages(make, x):
     assert find_stages(make(), x) == ["layer1", "layer2", "layer3", "layer4"]
 
 
+@pytest.mark.parametrize("make, x", [
+    (lambda: models.ecg_net(), torch.randn(2, 12, 256)),
+    (lambda: models.ResNet(2, (1, 1, 1, 1), 3, 4, base=4), torch.randn(2, 3, 32, 32)),
+    (lambda: models.resnet18_3d(base=4), torch.randn(2, 1, 16, 16, 16)),
+], ids=["ecg_net-1d", "resnet-2d", "resnet18_3d"])
+def test_sweep_of_reference_models_equals_explain_per_stage(make, x):
+    torch.manual_seed(0)
+    model = make().eval()
+    sweep = layer_sweep(model, x, "gradcam++")
+    assert sweep.maps.shape == (2, 4, *x.shape[2:])
+    for j, name in enumerate(sweep.names):
+        torch.testing.assert_close(sweep.maps[:, j], ndcam.explain(model, x, "gradcam++", layers=name).maps,
+                                   rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("block", [models.BasicBlock, models.Bottleneck])
 def test_resnet_without_torchvision_names_skips_detours_inside_blocks(block):
     # the bottleneck's 1x1 conv runs at the old resolution after the strided shortcut: a detour, not a stage
@@ -138,3 +153,18 @@ def test_plot_and_html(rank):
     with pytest.raises(ndcam.InputError, match="explained input"):
         sweep.plot(x[:, :1])
     assert isinstance(sweep, SweepResult) and sweep.rank == rank
+
+
+def test_conv1d_net_and_its_twins_give_the_same_stages_and_maps():
+    from .conftest import randomize_bn
+    from .test_invariants import TwinNet, _twin
+
+    torch.manual_seed(0)
+    net1 = randomize_bn(TwinNet(1)).double().eval()
+    x1 = make_input(1, n=3)
+    s1 = layer_sweep(net1, x1, "layercam")
+    for rank in (2, 3):
+        xr = x1.reshape(x1.shape[:2] + (1,) * (rank - 1) + x1.shape[2:])
+        sr = layer_sweep(_twin(net1, rank), xr, "layercam")
+        assert sr.names == s1.names == ["act1", "act3"]
+        torch.testing.assert_close(sr.maps.reshape(s1.maps.shape), s1.maps, atol=1e-6, rtol=1e-5)
