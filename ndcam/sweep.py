@@ -142,9 +142,9 @@ class SweepResult:
     scores: torch.Tensor
     targets: torch.Tensor | None
     method: str
+    raw_min: torch.Tensor
+    raw_max: torch.Tensor
     layer_shapes: list[tuple[int, ...]] = field(default_factory=list)
-    raw_min: torch.Tensor | None = None
-    raw_max: torch.Tensor | None = None
     input_shape: tuple[int, ...] = ()
 
     @property
@@ -194,10 +194,10 @@ class SweepResult:
             title: figure title (default: method, target, score).
         """
         _check_sample(x, self.input_shape, index)
-        maps = self.maps[index]
+        chosen = self.maps[index]
         if self.scores.ndim == 2:
-            maps = maps[:, k]
-        maps = _to_np(maps)
+            chosen = chosen[:, k]
+        maps = _to_np(chosen)
         sample = _to_np(x[index])[lead]
         title = title if title is not None else f"Layer sweep: {self._caption(index, k)}"
         labels = [self._label(j) for j in range(len(self.names))]
@@ -221,12 +221,11 @@ class SweepResult:
         rows = []
         for j, name in enumerate(self.names):
             shape = self.layer_shapes[j] if j < len(self.layer_shapes) else ()
-            lo = self.raw_min[index, j] if self.raw_min is not None else None
-            hi = self.raw_max[index, j] if self.raw_max is not None else None
-            if multi and lo is not None:
+            lo, hi = self.raw_min[index, j], self.raw_max[index, j]
+            if multi:
                 lo, hi = lo[k], hi[k]
             rows.append([name, "x".join(map(str, shape[1:])) or "-", shape[0] if shape else "-",
-                         "-" if lo is None else f"{float(lo):.3g} .. {float(hi):.3g}"])
+                         f"{float(lo):.3g} .. {float(hi):.3g}"])
         img = f'<img alt="layer sweep" style="max-width:100%" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
         return (f"<section><h3>Layer sweep: {_html.escape(self._caption(index, k))}</h3>{img}"
                 f"{table(rows, ['layer', 'resolution', 'channels', 'raw map range'])}</section>")
@@ -302,11 +301,16 @@ def layer_sweep(
         scores=first.scores,
         targets=first.targets,
         method=first.method,
-        layer_shapes=[tuple(infos[n].shape[1:]) if infos.get(n) and infos[n].shape else () for n in names],
         raw_min=torch.stack([e.raw_min for e in exps], dim=1),
         raw_max=torch.stack([e.raw_max for e in exps], dim=1),
+        layer_shapes=[_channels_and_size(infos.get(n)) for n in names],
         input_shape=tuple(x.shape),
     )
+
+
+def _channels_and_size(info: Any) -> tuple[int, ...]:
+    shape = None if info is None else info.shape
+    return tuple(shape[1:]) if shape else ()
 
 
 # -- drawing primitives shared by the sweep, channel and lead-wise pictures (plain arrays in, Figure out) ------------
