@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -26,7 +27,7 @@ from ._errors import InputError, InputTypeError, LayerError
 from .capture import Capture
 from .explain import explain
 from .layers import LayerSpec
-from .sweep import _check_sample, _to_np, band_panels, overlay_row, volume_rows
+from .sweep import _check_sample, _to_np, band_panels, html_section, overlay_row, volume_rows
 from .targets import TargetSpec, as_score_fn
 
 __all__ = ["top_channels", "ChannelResult", "channel_weights"]
@@ -103,6 +104,15 @@ class ChannelResult:
         if self.rank == 3:
             return volume_rows(sample, maps, labels, cmap=cmap, title=title, mip=False, cols=cols, ref=0)
         raise InputError(f"no picture for spatial rank {self.rank}; draw slices of ChannelResult.maps yourself")
+
+    def html(self, x: torch.Tensor, index: int = 0, **plot_kwargs: Any) -> str:
+        """A report section: heading, the picture of :meth:`plot` and a table of the channels and their weights."""
+        from .report import table
+
+        rows = [[int(c), f"{float(w):.4g}"] for c, w in zip(self.channels[index], self.weights[index])]
+        what = "Grad-CAM weight" if self.kind == "gradcam" else "mean activation"
+        return html_section(f"Top channels of {self.layer} by {what}", self.plot(x, index, **plot_kwargs),
+                            table(rows, ["channel", what]))
 
 
 def top_channels(

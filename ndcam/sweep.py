@@ -214,9 +214,8 @@ class SweepResult:
         raw map range). Self-contained HTML (the picture is a data URI); pass it to
         :func:`ndcam.report.html_report` as a block.
         """
-        from .report import png_bytes, table
+        from .report import table
 
-        png = png_bytes(self.plot(x, index, k, **plot_kwargs), dpi=90)
         multi = self.scores.ndim == 2
         rows = []
         for j, name in enumerate(self.names):
@@ -226,9 +225,8 @@ class SweepResult:
                 lo, hi = lo[k], hi[k]
             rows.append([name, "x".join(map(str, shape[1:])) or "-", shape[0] if shape else "-",
                          f"{float(lo):.3g} .. {float(hi):.3g}"])
-        img = f'<img alt="layer sweep" style="max-width:100%" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
-        return (f"<section><h3>Layer sweep: {_html.escape(self._caption(index, k))}</h3>{img}"
-                f"{table(rows, ['layer', 'resolution', 'channels', 'raw map range'])}</section>")
+        return html_section(f"Layer sweep: {self._caption(index, k)}", self.plot(x, index, k, **plot_kwargs),
+                            table(rows, ["layer", "resolution", "channels", "raw map range"]))
 
 
 def layer_sweep(
@@ -306,6 +304,15 @@ def layer_sweep(
         layer_shapes=[_channels_and_size(infos.get(n)) for n in names],
         input_shape=tuple(x.shape),
     )
+
+
+def html_section(heading: str, fig: Any, after: str = "") -> str:
+    """``<section>`` with an escaped heading, the figure as an embedded PNG (the figure is closed) and ``after``."""
+    from .report import png_bytes
+
+    png = base64.b64encode(png_bytes(fig, dpi=90)).decode()
+    img = f'<img alt="{_html.escape(heading)}" style="max-width:100%" src="data:image/png;base64,{png}">'
+    return f"<section><h3>{_html.escape(heading)}</h3>{img}{after}</section>"
 
 
 def _channels_and_size(info: Any) -> tuple[int, ...]:

@@ -100,6 +100,9 @@ def test_plot_titles(rank):
         assert f"channel {int(c)}" in text and f"weight {float(w):.3g}" in text
     assert "feat" in text and "target class 1" in text
     plt.close(fig)
+    block = res.html(x, index=0)
+    assert block.startswith("<section>") and "data:image/png;base64," in block
+    assert f"<td>{int(res.channels[0, 0])}</td>" in block
 
 
 @pytest.mark.parametrize("kind", ["gradcam", "activation"])
