@@ -58,6 +58,15 @@ class LeadExplanation(Explanation):
         total = e.sum(1, keepdim=True)
         return torch.where(total > 0, e / total.clamp_min(torch.finfo(e.dtype).tiny), torch.zeros_like(e))
 
+    def describe(self) -> str:
+        """What the maps are, in words (the default picture title)."""
+        at = f" at layer {', '.join(self.layers)}" if self.layers else ""
+        return {
+            "leadwise-gradxinput": f"Lead-wise |gradient x input| x Grad-CAM{at}",
+            "leadwise-guided": f"Lead-wise Guided Grad-CAM{at}",
+            "leadwise-fullgrad": "Lead-wise FullGrad input-gradient term",
+        }.get(self.method, f"Lead-wise {self.method}{at}")
+
     def plot(self, x: torch.Tensor | None = None, index: int = 0, *, fs: float | None = None,
              leads: list[str] | None = None, units: Any = None, cmap: str = "jet", title: str | None = None,
              **kwargs: Any):
@@ -68,9 +77,7 @@ class LeadExplanation(Explanation):
             raise InputError("LeadExplanation.plot needs the explained input x")
         _check_sample(x, self.input_shape, index)
         target = "" if self.targets is None else f", target class {int(self.targets[index])}"
-        title = title if title is not None else (
-            f"Lead-wise {self.method.replace('leadwise-', '')} ({', '.join(self.layers) or 'input'}){target}, "
-            f"score {float(self.scores[index]):.3g}")
+        title = title if title is not None else f"{self.describe()}{target}, score {float(self.scores[index]):.3g}"
         names = leads or [f"ch {c}" for c in range(self.maps.shape[1])]
         if self.rank == 1:
             return plot_leads(x[index], self.maps[index], fs=fs, leads=leads, units=units, cmap=cmap, title=title,

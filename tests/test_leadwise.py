@@ -136,6 +136,7 @@ def test_plots(rank):
     fig = exp.plot(x, index=1, fs=250.0, leads=["MLII", "V1"], units="mV")
     text = " ".join(t.get_text() for t in fig.findobj(match=lambda o: hasattr(o, "get_text")))
     assert "MLII" in text and "V1" in text and "target class 1" in text
+    assert "Lead-wise |gradient x input| x Grad-CAM at layer" in text and exp.describe() in text
     if rank == 1:
         assert "mV" in text and "time (s)" in text and "% of map" in text
     plt.close(fig)
