@@ -168,3 +168,14 @@ def test_conv1d_net_and_its_twins_give_the_same_stages_and_maps():
         sr = layer_sweep(_twin(net1, rank), xr, "layercam")
         assert sr.names == s1.names == ["act1", "act3"]
         torch.testing.assert_close(sr.maps.reshape(s1.maps.shape), s1.maps, atol=1e-6, rtol=1e-5)
+
+
+def test_plot_with_k_targets_names_the_chosen_target():
+    import matplotlib.pyplot as plt
+
+    model, x = make_net(2, dtype=torch.float32), make_input(2, dtype=torch.float32)
+    sweep = layer_sweep(model, x, targets=torch.tensor([[0, 4]] * 3))
+    fig = sweep.plot(x, index=0, k=1)
+    assert "target class 4" in fig._suptitle.get_text()
+    plt.close(fig)
+    assert "target class 0" in sweep.html(x, k=0)
