@@ -1,0 +1,459 @@
+"""Layer sweep: one method's map at successive stages of a network, for any spatial rank.
+
+``ndcam.layer_sweep(model, x, method="gradcam", layers="stages")`` explains ``x`` once per stage and returns a
+:class:`SweepResult` with one map per stage at the input's resolution, a side-by-side picture (:meth:`SweepResult.plot`)
+and a report section (:meth:`SweepResult.html`). Early stages give fine, edge-like maps; late stages coarse,
+class-specific ones -- the view the Grad-CAM and LayerCAM papers use to show what each depth contributes.
+
+**How stages are found** (:func:`find_stages`, ``layers="stages"``), for CNNs of any rank:
+
+1. torchvision-style networks: when the model has direct children named ``layer1``, ``layer2``, ... whose outputs
+   are spatial maps, those are the stages, in execution order (``layer1..layer4`` of a ResNet, MONAI's ResNets).
+2. otherwise, the *last module output at each resolution level*. The forward pass of one sample is traced
+   (:func:`ndcam.list_layers`), and the modules whose output is an ``(N, C, *spatial)`` map of the input's rank are
+   taken in the order they complete, leaving out modules called more than once (a shared ReLU), globally pooled
+   outputs (every spatial axis 1) and detours inside a block (a module whose output resolution differs from that of
+   an enclosing module that has already produced its own resolution, e.g. the 1x1 convolution of a bottleneck that
+   runs after the block's strided shortcut). Consecutive outputs of equal spatial size form one level; the stage is
+   the last module that completes at that level -- the outermost one when a container ends with its last child's
+   output. So a ``Sequential`` of conv-BN-ReLU-pool blocks gets the ReLU before each pooling and the feature
+   extractor itself for the last level (the automatic Grad-CAM layer), and a ResNet without torchvision names gets
+   its stem activation and each residual stage.
+
+``layers`` may also be an explicit list of names or modules (any order, drawn in that order).
+"""
+
+from __future__ import annotations
+
+import base64
+import html as _html
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ._errors import InputError, InputTypeError, LayerError
+from .explain import explain
+from .layers import list_layers, resolve_layers
+from .methods import FullGrad, GuidedBackprop, get_method
+from .targets import TargetSpec
+
+__all__ = ["layer_sweep", "SweepResult", "find_stages"]
+
+
+# -- stage discovery --------------------------------------------------------------------------------------------------
+def _torchvision_stages(model: nn.Module, infos: dict[str, Any]) -> list[str]:
+    names = [n for n, _ in model.named_children() if n.startswith("layer") and n[5:].isdigit()]
+    names = [n for n in names if n in infos and infos[n].spatial and infos[n].calls == 1]
+    return sorted(names, key=lambda n: infos[n].order) if len(names) >= 2 else []
+
+
+@dataclass
+class _Info:
+    name: str
+    shape: tuple[int, ...]
+    spatial: bool
+    calls: int
+    order: int
+
+
+def find_stages(model: nn.Module, x: torch.Tensor) -> list[str]:
+    """Names of the stage outputs of ``model`` for inputs like ``x`` (rule in the module docstring).
+
+    Args:
+        model: a CNN of any rank.
+        x: an example input ``(N, C, *spatial)``; only its first sample is run (in eval mode, without gradients).
+
+    Returns:
+        Dotted module names in execution order, shallow to deep.
+
+    Raises:
+        LayerError: the model has no spatial feature map of the input's rank.
+
+    Example:
+        >>> import torch, ndcam
+        >>> net = torch.nn.Sequential(torch.nn.Conv1d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool1d(2),
+        ...                           torch.nn.Conv1d(4, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool1d(1))
+        >>> find_stages(net, torch.randn(1, 1, 32))
+        ['1', '4']
+    """
+    return _stages(model, x, list_layers(model, x))
+
+
+def _stages(model: nn.Module, x: torch.Tensor, layer_infos: list) -> list[str]:
+    infos = [_Info(i.name, tuple(i.shape or ()), i.spatial, i.calls, k) for k, i in enumerate(layer_infos)]
+    by_name = {i.name: i for i in infos}
+    tv = _torchvision_stages(model, by_name)
+    if tv:
+        return tv
+    in_spatial = tuple(x.shape[2:])
+    usable = [
+        i for i in infos
+        if i.spatial and i.calls == 1 and not (all(s == 1 for s in i.shape[2:]) and any(s != 1 for s in in_spatial))
+    ]
+    kept: list[_Info] = []
+    for i in usable:
+        detour = False
+        parts = i.name.split(".")
+        for depth in range(1, len(parts)):
+            anc = by_name.get(".".join(parts[:depth]))
+            if anc is None or not anc.spatial or anc.shape[2:] == i.shape[2:]:
+                continue
+            prefix = anc.name + "."
+            if any(j.name.startswith(prefix) and j.order < i.order and j.shape[2:] == anc.shape[2:] for j in usable):
+                detour = True
+                break
+        if not detour:
+            kept.append(i)
+    if not kept:
+        raise LayerError(
+            f"no spatial feature map of rank {x.ndim - 2} found in {type(model).__name__} for an input of shape "
+            f"{tuple(x.shape)}; pass layers=[...] explicitly (ndcam.list_layers(model, x) lists candidates)"
+        )
+    stages = []
+    for a, b in zip(kept, kept[1:] + [None]):
+        if b is None or b.shape[2:] != a.shape[2:]:
+            stages.append(a.name)
+    return stages
+
+
+# -- the sweep --------------------------------------------------------------------------------------------------------
+@dataclass
+class SweepResult:
+    """One method's maps at successive layers.
+
+    Attributes:
+        names: layer names, shallow to deep (as swept).
+        maps: ``(N, n_layers, *spatial)`` float32 maps at the input's resolution, each min-max normalized to ``[0, 1]``
+            (``(N, n_layers, K, *spatial)`` for K targets per sample).
+        scores: the explained target scores ``(N,)`` / ``(N, K)`` (the same for every layer).
+        targets: class indices ``(N,)`` / ``(N, K)``, or ``None`` when a callable chose the scores.
+        method: registry name of the method.
+        layer_shapes: each layer's own output shape ``(C, *spatial)`` for one sample (its channels and resolution).
+        raw_min, raw_max: each map's raw range, ``(N, n_layers)`` / ``(N, n_layers, K)``.
+        input_shape: shape of the explained input.
+    """
+
+    names: list[str]
+    maps: torch.Tensor
+    scores: torch.Tensor
+    targets: torch.Tensor | None
+    method: str
+    raw_min: torch.Tensor
+    raw_max: torch.Tensor
+    layer_shapes: list[tuple[int, ...]] = field(default_factory=list)
+    input_shape: tuple[int, ...] = ()
+
+    @property
+    def rank(self) -> int:
+        """Spatial rank of the explained input."""
+        return len(self.input_shape) - 2
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        """Maps of one layer by name: ``(N, *spatial)``."""
+        if name not in self.names:
+            raise LayerError(f"layer {name!r} is not in this sweep; swept layers: {', '.join(self.names)}")
+        return self.maps[:, self.names.index(name)]
+
+    def _caption(self, index: int, k: int) -> str:
+        multi = self.scores.ndim == 2
+        score = float(self.scores[index, k] if multi else self.scores[index])
+        if self.targets is None:
+            return f"{self.method}, score {score:.3g}"
+        t = self.targets[index, k] if multi else self.targets[index]
+        return f"{self.method}, target class {int(t)}, score {score:.3g}"
+
+    def _label(self, j: int) -> str:
+        shape = self.layer_shapes[j] if j < len(self.layer_shapes) else ()
+        if len(shape) == 2:
+            return f"{self.names[j]}\n{shape[1]} samples, {shape[0]} ch"
+        if len(shape) > 2:
+            return f"{self.names[j]}\n{'x'.join(map(str, shape[1:]))}, {shape[0]} ch"
+        return self.names[j]
+
+    def plot(self, x: torch.Tensor, index: int = 0, k: int = 0, *, fs: float | None = None, lead: int = 0,
+             units: str | None = None, cmap: str = "jet", title: str | None = None):
+        """Draw sample ``index`` (target ``k`` when there are K maps per sample) at every swept layer.
+
+        Rank 1: stacked signal panels (lead ``lead``) with each layer's map as a heat band; rank 2: a row of overlays
+        after the input; rank 3: a row of axial slices through each map's peak and a row of maximum-intensity
+        projections (along the first spatial axis). Panels are titled with the layer name, its resolution and channel
+        count; the figure with the method, target and score.
+
+        Args:
+            x: the explained input ``(N, C, *spatial)``.
+            index: sample to draw.
+            k: target to draw when there are K maps per sample.
+            fs: sampling rate in Hz (rank 1: time in seconds).
+            lead: the input channel drawn under the bands (rank 1) or as the grey image (ranks 2, 3).
+            units: signal units for the rank-1 y label (e.g. ``"mV"``).
+            cmap: colormap of the maps.
+            title: figure title (default: method, target, score).
+        """
+        _check_sample(x, self.input_shape, index)
+        chosen = self.maps[index]
+        if self.scores.ndim == 2:
+            chosen = chosen[:, k]
+        maps = _to_np(chosen)
+        sample = _to_np(x[index])[lead]
+        title = title if title is not None else f"Layer sweep: {self._caption(index, k)}"
+        labels = [self._label(j) for j in range(len(self.names))]
+        if self.rank == 1:
+            return band_panels(sample, maps, labels, fs=fs, units=units, cmap=cmap, title=title)
+        if self.rank == 2:
+            return overlay_row(sample, maps, labels, cmap=cmap, title=title)
+        if self.rank == 3:
+            return volume_rows(sample, maps, labels, cmap=cmap, title=title)
+        raise InputError(f"no picture for spatial rank {self.rank}; draw slices of SweepResult.maps yourself")
+
+    def html(self, x: torch.Tensor, index: int = 0, k: int = 0, **plot_kwargs: Any) -> str:
+        """A report section: heading, the picture of :meth:`plot` and a table of the layers (resolution, channels,
+        raw map range). Self-contained HTML (the picture is a data URI); pass it to
+        :func:`ndcam.report.html_report` as a block.
+        """
+        from .report import table
+
+        multi = self.scores.ndim == 2
+        rows = []
+        for j, name in enumerate(self.names):
+            shape = self.layer_shapes[j] if j < len(self.layer_shapes) else ()
+            lo, hi = self.raw_min[index, j], self.raw_max[index, j]
+            if multi:
+                lo, hi = lo[k], hi[k]
+            rows.append([name, "x".join(map(str, shape[1:])) or "-", shape[0] if shape else "-",
+                         f"{float(lo):.3g} .. {float(hi):.3g}"])
+        return html_section(f"Layer sweep: {self._caption(index, k)}", self.plot(x, index, k, **plot_kwargs),
+                            table(rows, ["layer", "resolution", "channels", "raw map range"]))
+
+
+def layer_sweep(
+    model: nn.Module,
+    x: torch.Tensor,
+    method: str | type = "gradcam",
+    layers: str | Sequence[str | nn.Module] = "stages",
+    targets: TargetSpec = None,
+    **method_options: Any,
+) -> SweepResult:
+    """Explain ``x`` with one method at successive layers of ``model``.
+
+    Each layer's map is exactly ``ndcam.explain(model, x, method, targets, layers=layer, **method_options).maps``
+    (one forward and backward pass per layer), upsampled to the input's resolution and min-max normalized.
+
+    Args:
+        model: the model (a CNN of any rank for ``layers="stages"``).
+        x: input ``(N, C, *spatial)``.
+        method: a registry name or method class that reads a layer (the Grad-CAM family, Score-CAM, Ablation-CAM,
+            Eigen-CAM, Guided Grad-CAM, ...). FullGrad and Guided Backpropagation have no per-layer map and are refused.
+        layers: ``"stages"`` (found automatically, see :func:`find_stages`) or an explicit list of names/modules.
+        targets: as for :func:`ndcam.explain` (None = top-1 class, int, per-sample sequence, ``(N, K)``, callable).
+        **method_options: passed to the method (``eigen_smooth=``, ``batch_size=``, ...).
+
+    Returns:
+        A :class:`SweepResult`.
+
+    Example:
+        >>> import torch
+        >>> from ndcam.models import ResNet
+        >>> net = ResNet(2, (1, 1, 1, 1), 3, 4, base=4)
+        >>> sweep = layer_sweep(net, torch.randn(2, 3, 32, 32))
+        >>> sweep.names, tuple(sweep.maps.shape)
+        (['layer1', 'layer2', 'layer3', 'layer4'], (2, 4, 32, 32))
+    """
+    cls = get_method(method)
+    if issubclass(cls, (FullGrad, GuidedBackprop)):
+        raise InputError(
+            f"layer_sweep needs a method that makes a map at a layer; {cls.__name__} reads the input gradient "
+            f"(try 'gradcam', 'layercam', 'scorecam', 'guidedgradcam')"
+        )
+    if not isinstance(x, torch.Tensor) or x.ndim < 3:
+        raise InputError(f"x must be a tensor (N, C, *spatial); got {getattr(x, 'shape', type(x).__name__)}")
+    if isinstance(layers, str):
+        if layers != "stages":
+            raise InputError(
+                f"layers must be 'stages' or a list of layer names/modules, got {layers!r}; for one layer use "
+                f"ndcam.explain(..., layers={layers!r}) or layers=[{layers!r}]"
+            )
+        names = None
+    elif isinstance(layers, (list, tuple, nn.Module)):
+        names = [n for n, _ in resolve_layers(model, layers)]
+    else:
+        raise InputTypeError(f"layers must be 'stages' or a list of names/modules, got {type(layers).__name__}")
+    listed = list_layers(model, x)
+    if names is None:
+        names = _stages(model, x, listed)
+    infos = {i.name: i for i in listed}
+    exps = []
+    for name in names:
+        exp = explain(model, x, cls, targets, layers=name, **method_options)
+        if exp.layers != [name]:
+            raise InputError(f"{cls.__name__} did not make its map at layer {name!r} (it used {exp.layers}); "
+                             f"layer_sweep needs a method that reads the layer it is given")
+        exps.append(exp)
+    first = exps[0]
+    return SweepResult(
+        names=names,
+        maps=torch.stack([e.maps for e in exps], dim=1),
+        scores=first.scores,
+        targets=first.targets,
+        method=first.method,
+        raw_min=torch.stack([e.raw_min for e in exps], dim=1),
+        raw_max=torch.stack([e.raw_max for e in exps], dim=1),
+        layer_shapes=[_channels_and_size(infos.get(n)) for n in names],
+        input_shape=tuple(x.shape),
+    )
+
+
+def html_section(heading: str, fig: Any, after: str = "") -> str:
+    """``<section>`` with an escaped heading, the figure as an embedded PNG (the figure is closed) and ``after``."""
+    from .report import png_bytes
+
+    png = base64.b64encode(png_bytes(fig, dpi=90)).decode()
+    img = f'<img alt="{_html.escape(heading)}" style="max-width:100%" src="data:image/png;base64,{png}">'
+    return f"<section><h3>{_html.escape(heading)}</h3>{img}{after}</section>"
+
+
+def _channels_and_size(info: Any) -> tuple[int, ...]:
+    shape = None if info is None else info.shape
+    return tuple(shape[1:]) if shape else ()
+
+
+# -- drawing primitives shared by the sweep, channel and lead-wise pictures (plain arrays in, Figure out) ------------
+def _to_np(t: Any) -> np.ndarray:
+    if isinstance(t, torch.Tensor):
+        t = t.detach().float().cpu().numpy()
+    return np.asarray(t, dtype=np.float32)
+
+
+def _check_sample(x: Any, input_shape: tuple[int, ...], index: int) -> None:
+    if not isinstance(x, torch.Tensor) or (input_shape and tuple(x.shape[1:]) != tuple(input_shape[1:])):
+        raise InputError(
+            f"plot needs the explained input, shape (N, {', '.join(map(str, input_shape[1:]))}); got "
+            f"{tuple(getattr(x, 'shape', ())) or type(x).__name__}"
+        )
+    if not -x.shape[0] <= index < x.shape[0]:
+        raise InputError(f"index {index} out of range for a batch of {x.shape[0]}")
+
+
+def _plt():
+    from .viz import _plt as viz_plt
+
+    return viz_plt()
+
+
+def _draw_band(ax: Any, t: np.ndarray, sig: np.ndarray, cam: np.ndarray, cmap: str) -> Any:
+    lo, hi = float(sig.min()), float(sig.max())
+    pad = 0.08 * (hi - lo + 1e-9)
+    im = ax.imshow(cam[None, :], aspect="auto", cmap=cmap, vmin=0, vmax=1, alpha=0.55,
+                   extent=(float(t[0]), float(t[-1]), lo - pad, hi + pad), origin="lower", interpolation="nearest")
+    ax.plot(t, sig, color="black", lw=0.8)
+    ax.set_ylim(lo - pad, hi + pad)
+    return im
+
+
+def band_panels(signal: np.ndarray, maps: np.ndarray, labels: list[str], *, fs: float | None = None,
+                units: str | None = None, cmap: str = "jet", title: str | None = None, signals: Any = None):
+    """Stacked panels: the signal ``(L,)`` (or one signal per panel, ``signals`` ``(P, L)``) with map ``p`` ``(L,)`` as a
+    heat band behind panel ``p``; ``labels`` name the panels (left of each).
+    """
+    plt = _plt()
+    n = len(maps)
+    sigs = np.broadcast_to(signal, (n, signal.shape[-1])) if signals is None else np.asarray(signals)
+    t = np.arange(sigs.shape[-1]) / fs if fs else np.arange(sigs.shape[-1])
+    fig, axes = plt.subplots(n, 1, figsize=(10, 0.9 + 1.15 * n), sharex=True, squeeze=False)
+    im = None
+    for p in range(n):
+        ax = axes[p, 0]
+        im = _draw_band(ax, t, sigs[p], maps[p], cmap)
+        ax.set_ylabel(labels[p], rotation=0, ha="right", va="center", fontsize=9)
+        ax.tick_params(axis="y", labelsize=7)
+    axes[-1, 0].set_xlabel("time (s)" if fs else "sample")
+    if units:  # above the first panel's amplitude ticks
+        axes[0, 0].annotate(units, xy=(0, 1), xycoords="axes fraction", xytext=(-3, 3), textcoords="offset points",
+                            ha="right", va="bottom", fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=11)
+    fig.tight_layout(rect=(0, 0, 0.9, 1))
+    cax = fig.add_axes((0.92, 0.15, 0.012, 0.7))
+    fig.colorbar(im, cax=cax, label="map (normalized)")
+    return fig
+
+
+def _grey(img: np.ndarray) -> np.ndarray:
+    return (img - img.min()) / (img.max() - img.min() + 1e-12)
+
+
+def overlay_row(image: np.ndarray, maps: np.ndarray, labels: list[str], *, cmap: str = "jet",
+                title: str | None = None, cols: int | None = None, input_panel: bool = True):
+    """The image ``(H, W)`` then one overlay per map ``(P, H, W)``, in a row (or a grid of ``cols`` columns)."""
+    plt = _plt()
+    panels = len(maps) + int(input_panel)
+    cols = cols or panels
+    rows = -(-panels // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols + 0.6, 2.75 * rows + 0.5), squeeze=False)
+    img = _grey(image)
+    for ax in axes.ravel():
+        ax.set_axis_off()
+    flat = axes.ravel()
+    if input_panel:
+        flat[0].imshow(img, cmap="gray")
+        flat[0].set_title("input", fontsize=9)
+    im = None
+    for p, m in enumerate(maps):
+        ax = flat[p + int(input_panel)]
+        ax.imshow(img, cmap="gray")
+        im = ax.imshow(m, cmap=cmap, alpha=0.5, vmin=0, vmax=1)
+        ax.set_title(labels[p], fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=11)
+    fig.tight_layout(rect=(0, 0, 0.93, 1))
+    fig.colorbar(im, cax=fig.add_axes((0.94, 0.15, 0.012, 0.65)))
+    return fig
+
+
+def volume_rows(volume: np.ndarray, maps: np.ndarray, labels: list[str], *, cmap: str = "jet",
+                title: str | None = None, mip: bool = True, cols: int | None = None, ref: int = -1):
+    """The input, then for each map ``(P, D, H, W)`` the axial slice through its peak and, if ``mip``, below it the
+    maximum-intensity projections along D of the volume and of the map. Without ``mip`` the slices fill a grid of
+    ``cols`` columns.
+
+    The input panel shows the slice through the peak of map ``ref`` (default the last; and the volume's MIP).
+    """
+    plt = _plt()
+    n = len(maps) + 1
+    if mip:
+        rows, cols = 2, n
+    else:
+        cols = min(cols or n, n)
+        rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols + 0.6, 2.95 * rows + 0.5), squeeze=False)
+    vol = _grey(volume)
+    panels = axes.T.ravel() if mip else axes.ravel()
+    d_last = int(np.unravel_index(int(np.argmax(maps[ref])), maps[ref].shape)[0])
+    first = axes[0, 0]
+    first.imshow(vol[d_last], cmap="gray")
+    first.set_title(f"input\nslice d={d_last}", fontsize=9)
+    if mip:
+        axes[1, 0].imshow(vol.max(0), cmap="gray")
+        axes[1, 0].set_title("input MIP along d", fontsize=9)
+    im = None
+    for p, m in enumerate(maps):
+        d = int(np.unravel_index(int(np.argmax(m)), m.shape)[0])
+        ax = axes[0, p + 1] if mip else panels[p + 1]
+        ax.imshow(vol[d], cmap="gray")
+        im = ax.imshow(m[d], cmap=cmap, alpha=0.5, vmin=0, vmax=1)
+        ax.set_title(f"{labels[p]}\npeak slice d={d}", fontsize=9)
+        if mip:
+            ax = axes[1, p + 1]
+            ax.imshow(vol.max(0), cmap="gray")
+            ax.imshow(m.max(0), cmap=cmap, alpha=0.5, vmin=0, vmax=1)
+            ax.set_title("MIP along d", fontsize=9)
+    for ax in axes.ravel():
+        ax.set_axis_off()
+    if title:
+        fig.suptitle(title, fontsize=11)
+    fig.tight_layout(rect=(0, 0, 0.93, 1))
+    fig.colorbar(im, cax=fig.add_axes((0.94, 0.15, 0.012, 0.65)))
+    return fig
