@@ -239,9 +239,9 @@ def _cmd_explain(args) -> int:
         try:
             exp = explain(model, x, method=cls, targets=targets, layers=layers, **_method_options(cls, args))
         except ForwardError as err:
-            if info.source == "array" and x.ndim == 4 and not args.single:
-                raise ForwardError(f"{err} (the array was read as a batch of {x.shape[0]} samples {tuple(x.shape[1:])}; "
-                                   f"if it is one 2D sample (C, H, W), add --single)") from err
+            if info.source == "array" and x.ndim >= 3 and not args.single and not opts.window:
+                raise ForwardError(f"{err} (the array was read as a batch of {x.shape[0]} samples of shape "
+                                   f"{tuple(x.shape[1:])}; if the file holds one sample (C, *spatial), add --single)") from err
             raise
     warned = []
     for w in caught:

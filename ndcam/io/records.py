@@ -8,6 +8,7 @@ record's edge is skipped (``edge="skip"``, default) or zero-padded (``edge="pad"
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -43,9 +44,12 @@ def read_wfdb(path: str, *, leads: list[str] | None = None, annotations: str | N
     except ImportError as err:  # pragma: no cover - optional dependency
         raise InputError("reading WFDB records needs the optional package wfdb (pip install 'ndcam[formats]')") from err
     rec_name = str(Path(path).with_suffix(""))
-    head = wfdb.rdheader(rec_name)
-    chans = _pick_leads(list(head.sig_name), leads)
-    rec = wfdb.rdrecord(rec_name, channels=chans)
+    with warnings.catch_warnings():  # wfdb's own pandas deprecations are not the user's business
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        head = wfdb.rdheader(rec_name)
+        chans = _pick_leads(list(head.sig_name), leads)
+        rec = wfdb.rdrecord(rec_name, channels=chans)
     sig = np.nan_to_num(np.asarray(rec.p_signal, dtype=np.float64).T).astype(np.float32)
     facts = {"fs": float(rec.fs), "channels": list(rec.sig_name), "units": list(rec.units)}
     if annotations:
