@@ -54,3 +54,25 @@ def first_input() -> torch.Tensor:
 def double(x: torch.Tensor) -> torch.Tensor:
     """A --preprocess callable."""
     return x * 2
+
+
+class Pointwise(nn.Module):
+    """1x1x1 convolutions only: the map of a reoriented volume is the reoriented map (orientation tests)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv1 = nn.Conv3d(1, 4, 1)
+        self.act1 = nn.ReLU()
+        self.conv2 = nn.Conv3d(4, 6, 1)
+        self.act2 = nn.ReLU()
+        self.pool = nn.AdaptiveMaxPool3d(1)
+        self.fc = nn.Linear(6, 2)
+
+    def forward(self, x):
+        SEEN.append(x.detach().cpu().clone())
+        return self.fc(self.pool(self.act2(self.conv2(self.act1(self.conv1(x.mean(1, keepdim=True)))))).flatten(1))
+
+
+def pointwise3d() -> nn.Module:
+    return Pointwise().eval()
