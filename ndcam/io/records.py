@@ -45,8 +45,7 @@ def read_wfdb(path: str, *, leads: list[str] | None = None, annotations: str | N
         raise InputError("reading WFDB records needs the optional package wfdb (pip install 'ndcam[formats]')") from err
     rec_name = str(Path(path).with_suffix(""))
     with warnings.catch_warnings():  # wfdb's own pandas deprecations are not the user's business
-        warnings.simplefilter("ignore", FutureWarning)
-        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.filterwarnings("ignore", module=r"wfdb(\.|$)")
         head = wfdb.rdheader(rec_name)
         chans = _pick_leads(list(head.sig_name), leads)
         rec = wfdb.rdrecord(rec_name, channels=chans)
@@ -54,7 +53,9 @@ def read_wfdb(path: str, *, leads: list[str] | None = None, annotations: str | N
     facts = {"fs": float(rec.fs), "channels": list(rec.sig_name), "units": list(rec.units)}
     if annotations:
         try:
-            ann = wfdb.rdann(rec_name, annotations)
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", module=r"wfdb(\.|$)")
+                ann = wfdb.rdann(rec_name, annotations)
         except FileNotFoundError as err:
             raise InputError(f"no annotation file {rec_name}.{annotations} (--annotations {annotations})") from err
         facts["ann_samples"] = np.asarray(ann.sample, dtype=np.int64)
