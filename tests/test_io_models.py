@@ -16,8 +16,7 @@ import pytest
 import torch
 from torch import nn
 
-from ndcam import cli
-from ndcam import InputError
+from ndcam import InputError, cli
 from ndcam.io import check_pt2, load_model
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -177,7 +177,8 @@ def load_input(path: str, options: ReadOptions | None = None, **kw: Any) -> tupl
 
     Args:
         path: the file (or a folder of DICOM slices).
-        options: a :class:`ReadOptions`; keywords override its fields (``single=True``, ``spectrogram="mel"``, ...).
+        options: a :class:`ReadOptions`.
+        **kw: fields of :class:`ReadOptions` that override ``options`` (``single=True``, ``spectrogram="mel"``, ...).
     """
     opt = ReadOptions(**{**(options.__dict__ if options else {}), **kw})
     if opt.spectrogram is True:
@@ -211,7 +212,8 @@ def _read(p: Path, name: str, opt: ReadOptions) -> tuple[np.ndarray, InputInfo]:
         info = InputInfo(_kind_for_rank(x.ndim - 2), path, "array", fs=opt.fs)
         if opt.window or opt.around:
             if x.shape[0] != 1 or x.ndim != 3:
-                raise InputError(f"--window cuts one recording (C, L); {path!r} holds shape {x.shape[1:] if x.shape[0] == 1 else x.shape}")
+                shape = x.shape[1:] if x.shape[0] == 1 else x.shape
+                raise InputError(f"--window cuts one recording (C, L); {path!r} holds shape {shape}")
             x = _windows(x[0], info, opt)
         return x, info
     if p.suffix.lower() in IMAGE_EXT:
