@@ -1,10 +1,16 @@
-"""Command line: ``ndcam demo``, ``ndcam methods``, ``ndcam layers``.
+"""Command line: ``ndcam demo``, ``ndcam explain``, ``ndcam methods``, ``ndcam layers``.
 
-``ndcam demo [--out DIR]`` is the main job: it trains tiny models on the synthetic 1D, 2D and 3D tasks of
+``ndcam demo [--out DIR] [--quick]`` is the main job: it trains tiny models on the synthetic 1D, 2D and 3D tasks of
 :mod:`ndcam.data`, explains held-out positives with several methods, scores the pointing game against the known
 ground truth, and writes pictures and one self-contained HTML report into ``DIR`` (default ``ndcam-demo``).
 
-Errors are one clear line on stderr and exit code 2 (``--debug`` shows the traceback).
+``ndcam explain --model M --input FILE`` explains a model on a real file (images, audio, NIfTI, DICOM, WFDB, arrays;
+see :mod:`ndcam.io` and ``ndcam explain --help``) and writes pictures, ``maps.npy`` (and ``maps.nii.gz`` for volumes),
+``scores.json`` and ``report.html`` into ``--out``; the folder is written all at once (an interrupted run leaves it as
+it was, or complete).
+
+Errors are one clear line on stderr and exit code 2; ``--debug`` (anywhere on the line) shows the traceback. Only the
+command line selects matplotlib's Agg backend.
 """
 
 from __future__ import annotations

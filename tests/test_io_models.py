@@ -173,3 +173,13 @@ def test_state_dict_mismatch_lists_missing_and_unexpected_keys(tmp_path, monkeyp
     err = capsys.readouterr().err
     assert "missing keys: 4.bias" in err and "unexpected keys: extra.weight" in err
     assert "shape mismatch: 0.weight (5, 2, 3) vs model (4, 2, 3)" in err
+
+
+def test_loading_an_archive_is_quiet(archive, capfd):
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        load_model(str(archive))
+    assert not caught, [str(w.message) for w in caught]
+    assert capfd.readouterr().err == ""

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from .._errors import InputError
-from .models import check_pt2, import_object, load_model
+from .models import check_pt2, import_object, load_model, quiet_torch
 from .volumes import DEFAULT_MAX_BYTES
 
 __all__ = ["InputInfo", "ReadOptions", "load_model", "load_input", "save_maps", "check_pt2", "import_object"]
@@ -139,7 +139,8 @@ def _read_array(p: Path, single: bool) -> np.ndarray:
             if key is None:
                 raise InputError(f"{str(p)!r} holds arrays {keys}; name the input 'x'")
             return _as_batch(z[key], single)
-    obj = torch.load(p, map_location="cpu", weights_only=True)
+    with quiet_torch():
+        obj = torch.load(p, map_location="cpu", weights_only=True)
     if isinstance(obj, dict) and "x" in obj:
         obj = obj["x"]
     if not isinstance(obj, torch.Tensor):
@@ -160,7 +161,7 @@ def _windows(sig: np.ndarray, info: InputInfo, opt: ReadOptions, facts: dict | N
             raise InputError("--around needs WFDB annotations: give a .hea record and --annotations EXT (e.g. atr)")
         if not opt.window:
             raise InputError("--around needs --window SECONDS (the length of each beat-centred window)")
-        x, info.offsets, info.beats = beat_windows(sig, info.fs, opt.window, facts["ann_samples"],
+        x, info.offsets, info.beats = beat_windows(sig, float(info.fs or 0), opt.window, facts["ann_samples"],
                                                    facts["ann_symbols"], opt.around, opt.edge)
         return x
     if opt.window:
@@ -293,7 +294,7 @@ def _prepare(x: np.ndarray, info: InputInfo, opt: ReadOptions) -> np.ndarray:
         t = torch.from_numpy(np.ascontiguousarray(x))
         x = F.interpolate(t, size=size, mode=mode, align_corners=False, antialias=len(spatial) == 2).numpy()
         info.notes.append(f"resized from {tuple(spatial)} to {size}")
-        if info.kind == "spectrogram" and info.freqs is not None:
+        if info.kind == "spectrogram" and info.freqs is not None and info.times is not None:
             info.freqs = np.interp(np.linspace(0, len(info.freqs) - 1, size[0]), np.arange(len(info.freqs)), info.freqs)
             info.times = np.interp(np.linspace(0, len(info.times) - 1, size[1]), np.arange(len(info.times)), info.times)
         if info.fs and len(spatial) == 1:

@@ -15,6 +15,8 @@ What the model receives (``(1, C, H, W)`` float32):
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from .._errors import InputError
@@ -30,7 +32,8 @@ def read_image(path: str, channels: int | None = None) -> tuple[np.ndarray, dict
         from PIL import Image, ImageOps
     except ImportError as err:  # pragma: no cover - optional dependency
         raise InputError("reading images needs the optional package pillow (pip install 'ndcam[formats]')") from err
-    with Image.open(path) as im:
+    with Image.open(path) as opened:
+        im: Any = opened
         mode0 = im.mode
         im = ImageOps.exif_transpose(im)
         mode = im.mode

@@ -122,15 +122,15 @@ def check_pt2(path: str | Path) -> None:
                             blob_name = f"{root}data/{sub}/{meta.get('path_name')}"
                             if blob_name not in zf.namelist():
                                 raise InputError(f"refusing {str(p)!r}: pickled payload for {fqn!r} is missing")
-                            why = _safe_pickle(zf.read(blob_name))
-                            if why:
+                            reason = _safe_pickle(zf.read(blob_name))
+                            if reason:
                                 raise InputError(f"refusing {str(p)!r}: payload {meta.get('path_name')!r} ({fqn}) is a "
-                                                 f"pickle that needs the unrestricted unpickler ({why}); it could run code")
+                                                 f"pickle that needs the unrestricted unpickler ({reason}); it could run code")
             elif kind == "pickle":
-                why = _safe_pickle(zf.read(root + rel))
-                if why:
+                reason = _safe_pickle(zf.read(root + rel))
+                if reason:
                     raise InputError(f"refusing {str(p)!r}: entry {rel!r} is a pickle that torch would load with the "
-                                     f"unrestricted unpickler ({why}); loading it could run code")
+                                     f"unrestricted unpickler ({reason}); loading it could run code")
 
 
 def import_object(spec: str, what: str = "factory") -> Any:
@@ -243,4 +243,4 @@ def _annotate_types(ep: Any, model: nn.Module) -> None:
                 continue
             if sub is not None:
                 name = type_name if isinstance(type_name, str) else getattr(type_name, "__qualname__", str(type_name))
-                sub._ndcam_type = name.rsplit(".", 1)[-1]
+                sub._ndcam_type = name.rsplit(".", 1)[-1]  # type: ignore[assignment]

@@ -50,7 +50,7 @@ def read_nifti(path: str, *, max_bytes: int = DEFAULT_MAX_BYTES, volume_index: i
         import nibabel as nib
     except ImportError as err:  # pragma: no cover - optional dependency
         raise InputError("reading NIfTI needs the optional package nibabel (pip install 'ndcam[formats]')") from err
-    img = nib.load(path)
+    img: Any = nib.load(path)
     hdr = img.header
     shape = tuple(int(s) for s in img.shape)
     dtype = hdr.get_data_dtype()
@@ -59,7 +59,7 @@ def read_nifti(path: str, *, max_bytes: int = DEFAULT_MAX_BYTES, volume_index: i
     if len(shape) == 4 and volume_index is not None:
         if not -shape[3] <= volume_index < shape[3]:
             raise InputError(f"--volume-index {volume_index} is out of range for {shape[3]} volumes in {path!r}")
-        read_shape = shape[:3]
+        read_shape: tuple[int, ...] = shape[:3]
     else:
         read_shape = shape
     _check_size(path, read_shape, dtype.itemsize, dtype, max_bytes)
