@@ -317,21 +317,21 @@ def _explain_parser(sub) -> None:
     g.add_argument("--layer", action="append", help="target layer (dotted name); repeat to fuse several")
     g.add_argument("--target", action="append", help="class index or --labels name; repeat for K maps per sample "
                                                       "(default: top-1)")
-    g.add_argument("--labels", help="class names: a text file (one a line) or a,b,c")
+    g.add_argument("--labels", metavar="FILE|A,B,C", help="class names: a text file (one a line) or a,b,c")
     g.add_argument("--device", default="cpu")
     g.add_argument("--batch-size", type=int, default=64, help="perturbed inputs per forward (perturbation methods)")
     g = e.add_argument_group("input")
     g.add_argument("--input", required=True, help=".npy/.npz/.pt, images (PNG/JPEG/TIFF), audio (WAV/FLAC), NIfTI "
                                                    "(.nii/.nii.gz), a folder of DICOM slices, WFDB (.hea)")
     g.add_argument("--single", action="store_true", help="the array is one sample (C, *spatial), not a batch")
-    g.add_argument("--channels", type=int, help="channels the model expects: images 1 (luma) or 3 (grey repeated); "
+    g.add_argument("--channels", type=int, metavar="C", help="channels the model expects: images 1 (luma) or 3 (grey repeated); "
                                                 "other inputs: average to 1 or repeat 1")
-    g.add_argument("--resize", help="resize the spatial axes: H,W (or one size for every axis)")
+    g.add_argument("--resize", metavar="H,W", help="resize the spatial axes: H,W (or one size for every axis)")
     g.add_argument("--mean", help="subtract per channel (one value or one per channel), after scaling to [0, 1]")
     g.add_argument("--std", help="divide per channel (one value or one per channel)")
-    g.add_argument("--preprocess", help="package.module:fn, a callable batch -> batch applied last")
+    g.add_argument("--preprocess", metavar="MOD:FN", help="package.module:fn, a callable batch -> batch applied last")
     g = e.add_argument_group("audio and spectrograms")
-    g.add_argument("--resample", type=float, help="resample audio to HZ (polyphase)")
+    g.add_argument("--resample", type=float, metavar="HZ", help="resample audio to HZ (polyphase)")
     g.add_argument("--spectrogram", nargs="?", const="linear", choices=["linear", "log", "mel"],
                    help="turn audio into a power spectrogram with a linear (default), log or mel frequency axis")
     g.add_argument("--stft-window", default="hann", help="spectrogram window (scipy name, default hann)")
@@ -340,24 +340,24 @@ def _explain_parser(sub) -> None:
     g.add_argument("--n-mels", type=int, default=64, help="mel bands (default 64)")
     g.add_argument("--no-db", action="store_true", help="keep power instead of decibels (10 log10)")
     g = e.add_argument_group("long recordings (WFDB, audio, arrays with --fs)")
-    g.add_argument("--fs", type=float, help="sampling rate (Hz) of array inputs")
-    g.add_argument("--window", type=float, help="cut the recording into windows of SECONDS that form the batch")
-    g.add_argument("--stride", type=float, help="seconds between window starts (default: the window)")
-    g.add_argument("--annotations", help="WFDB annotation extension, e.g. atr")
-    g.add_argument("--around", help="centre one --window on each annotated beat of these symbols, e.g. V or V,A")
+    g.add_argument("--fs", type=float, metavar="HZ", help="sampling rate (Hz) of array inputs")
+    g.add_argument("--window", type=float, metavar="SECONDS", help="cut the recording into windows of SECONDS that form the batch")
+    g.add_argument("--stride", type=float, metavar="SECONDS", help="seconds between window starts (default: the window)")
+    g.add_argument("--annotations", metavar="EXT", help="WFDB annotation extension, e.g. atr")
+    g.add_argument("--around", metavar="SYMBOLS", help="centre one --window on each annotated beat of these symbols, e.g. V or V,A")
     g.add_argument("--edge", default="skip", choices=["skip", "pad"],
                    help="beat windows crossing the record's edge: skip (default) or zero-pad")
-    g.add_argument("--leads", help="leads by name or index, e.g. MLII,V1 or 0,1")
+    g.add_argument("--leads", metavar="NAMES", help="leads by name or index, e.g. MLII,V1 or 0,1")
     g = e.add_argument_group("volumes")
-    g.add_argument("--volume-index", type=int, help="4D NIfTI: explain this volume only")
+    g.add_argument("--volume-index", type=int, metavar="I", help="4D NIfTI: explain this volume only")
     g.add_argument("--volumes-as", default="channels", choices=["channels", "batch"],
                    help="4D NIfTI: the 4th axis as channels of one sample (default) or as samples")
-    g.add_argument("--max-bytes", type=int, default=2 * 1024**3,
+    g.add_argument("--max-bytes", type=int, metavar="BYTES", default=2 * 1024**3,
                    help="refuse volumes whose decoded float32 size passes this (default 2 GiB)")
     g = e.add_argument_group("output")
     g.add_argument("--out", default="ndcam-out", help="output folder (default ndcam-out)")
     g.add_argument("--cmap", default="jet", help="colormap of the maps (matplotlib name, default jet)")
-    g.add_argument("--max-pictures", type=int, default=8)
+    g.add_argument("--max-pictures", type=int, default=8, help="pictures for the first N samples (default 8)")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -235,3 +235,21 @@ def test_dicom_series_sorted_rescaled_with_affine(work):
     maps = nib.load(work / "out" / "maps.nii.gz")
     assert maps.shape == raw.shape and np.allclose(maps.affine, info.affine)
     assert int(maps.header["sform_code"]) == 1 and maps.header.get_xyzt_units()[0] == "mm"
+
+
+def test_nibabel_4d_test_scan_volume_index(work):
+    from nibabel.testing import data_path
+
+    path = f"{data_path}/example4d.nii.gz"
+    try:
+        src = nib.load(path)
+    except FileNotFoundError:  # pragma: no cover
+        pytest.skip("nibabel test data not installed")
+    assert len(src.shape) == 4
+    got = explain(path, "--volume-index", "1")
+    np.testing.assert_allclose(got[0, 0].numpy(), np.asarray(src.dataobj[..., 1], dtype=np.float32), rtol=1e-6)
+    maps = nib.load(work / "out" / "maps.nii.gz")
+    assert maps.shape == src.shape[:3] and np.allclose(maps.affine, src.affine)
+    assert int(maps.header["qform_code"]) == int(src.header["qform_code"])
+    assert int(maps.header["sform_code"]) == int(src.header["sform_code"])
+    assert maps.header.get_xyzt_units() == src.header.get_xyzt_units()
