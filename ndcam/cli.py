@@ -341,10 +341,10 @@ def _explain_parser(sub) -> None:
     g.add_argument("--no-db", action="store_true", help="keep power instead of decibels (10 log10)")
     g = e.add_argument_group("long recordings (WFDB, audio, arrays with --fs)")
     g.add_argument("--fs", type=float, metavar="HZ", help="sampling rate (Hz) of array inputs")
-    g.add_argument("--window", type=float, metavar="SECONDS", help="cut the recording into windows of SECONDS that form the batch")
+    g.add_argument("--window", type=float, metavar="SECONDS", help="cut the recording into windows that form the batch")
     g.add_argument("--stride", type=float, metavar="SECONDS", help="seconds between window starts (default: the window)")
     g.add_argument("--annotations", metavar="EXT", help="WFDB annotation extension, e.g. atr")
-    g.add_argument("--around", metavar="SYMBOLS", help="centre one --window on each annotated beat of these symbols, e.g. V or V,A")
+    g.add_argument("--around", metavar="SYMBOLS", help="centre one --window on each beat annotated so, e.g. V or V,A")
     g.add_argument("--edge", default="skip", choices=["skip", "pad"],
                    help="beat windows crossing the record's edge: skip (default) or zero-pad")
     g.add_argument("--leads", metavar="NAMES", help="leads by name or index, e.g. MLII,V1 or 0,1")
