@@ -178,9 +178,8 @@ def test_nibabel_test_scan(work):
         src = nib.load(path)
     except FileNotFoundError:  # pragma: no cover
         pytest.skip("nibabel test data not installed")
-    got = explain(path, pictures=1)
+    got = explain(path)
     np.testing.assert_allclose(got[0, 0].numpy(), np.asarray(src.dataobj, dtype=np.float32), rtol=1e-6)
-    assert (work / "out" / "sample0.png").stat().st_size > 1000
     check_header(nib.load(work / "out" / "maps.nii.gz"), src)
 
 
