@@ -309,3 +309,14 @@ def test_interrupt_while_moving_files_in_completes_the_folder(work, monkeypatch)
     assert run("--model", "clifactories:net1d", "--input", "s.npy", "--out", "o") == 130
     assert sent and {"maps.npy", "report.html", "scores.json", "sample0.png", "sample1.png"} <= {
         p.name for p in (work / "o").iterdir()}
+
+
+@pytest.mark.parametrize("args, message", [(["--spectrogram"], "--spectrogram does not apply"),
+                                           (["--leads", "MLII"], "--leads does not apply"),
+                                           (["--volume-index", "0"], "--volume-index does not apply"),
+                                           (["--resample", "8000"], "--resample does not apply"),
+                                           (["--fs", "100", "--stride", "1"], "--stride needs --window")])
+def test_options_that_do_not_apply_are_refused_not_ignored(work, capsys, args, message):
+    np.save("s.npy", np.random.rand(2, 2, 30).astype("float32"))
+    assert run("--model", "clifactories:net1d", "--input", "s.npy", "--out", "o", *args) == 2
+    assert message in capsys.readouterr().err

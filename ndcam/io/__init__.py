@@ -201,8 +201,48 @@ def load_input(path: str, options: ReadOptions | None = None, **kw: Any) -> tupl
     return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), info
 
 
+def _source_of(p: Path, name: str) -> str | None:
+    if p.is_dir():
+        return "dicom"
+    if name.endswith((".npy", ".npz", ".pt", ".pth")):
+        return "array"
+    if p.suffix.lower() in IMAGE_EXT:
+        return "image"
+    if p.suffix.lower() in AUDIO_EXT:
+        return "audio"
+    if name.endswith((".nii", ".nii.gz")):
+        return "nifti"
+    if name.endswith(".hea"):
+        return "wfdb"
+    return None
+
+
+# option -> the sources it applies to (anything else is refused rather than silently ignored)
+_APPLIES = {
+    "spectrogram": ("audio",), "resample": ("audio",), "fs": ("array",), "window": ("array", "audio", "wfdb"),
+    "stride": ("array", "audio", "wfdb"), "around": ("wfdb",), "annotations": ("wfdb",), "leads": ("wfdb",),
+    "volume_index": ("nifti",), "single": ("array",),
+}
+
+
+def _check_applies(source: str | None, opt: ReadOptions, path: str) -> None:
+    if source is None:
+        return
+    for key, sources in _APPLIES.items():
+        val = getattr(opt, key)
+        if val is not None and val is not False and source not in sources:
+            flag = "--" + key.replace("_", "-")
+            raise InputError(f"{flag} does not apply to {path!r} ({source} input); it is for "
+                             f"{' / '.join(sources)} inputs")
+    if opt.volumes_as != "channels" and source != "nifti":
+        raise InputError(f"--volumes-as does not apply to {path!r} ({source} input); it is for 4D NIfTI")
+    if opt.stride and not opt.window:
+        raise InputError("--stride needs --window SECONDS")
+
+
 def _read(p: Path, name: str, opt: ReadOptions) -> tuple[np.ndarray, InputInfo]:
     path = str(p)
+    _check_applies(_source_of(p, name), opt, path)
     if p.is_dir():
         from .volumes import read_dicom_series
 
