@@ -275,8 +275,8 @@ def _cmd_explain(args) -> int:
             row["label"] = [labels[int(t)] if 0 <= int(t) < len(labels) else str(int(t)) for t in tg[i]]
         if info.offsets is not None and i < len(info.offsets):
             row["offset"] = info.offsets[i]
-        if info.beats is not None and i < len(info.beats):
-            row.update(info.beats[i])
+        if info.beats is not None and i < len(info.beats):  # the annotated beat this window is centred on
+            row["symbol"], row["beat_sample"] = info.beats[i]["symbol"], info.beats[i]["sample"]
         rows.append(row)
     cols = list(dict.fromkeys(k for r in rows for k in r))
     blocks.append(("Scores", table([[r.get(c, "") for c in cols] for r in rows], cols)))
