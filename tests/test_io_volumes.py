@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import time
 import tracemalloc
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -252,3 +253,22 @@ def test_nibabel_4d_test_scan_volume_index(work):
     assert int(maps.header["qform_code"]) == int(src.header["qform_code"])
     assert int(maps.header["sform_code"]) == int(src.header["sform_code"])
     assert maps.header.get_xyzt_units() == src.header.get_xyzt_units()
+
+
+def test_pydicom_test_slice_as_a_one_slice_series(work):
+    pydicom = pytest.importorskip("pydicom")
+    from pydicom.data import get_testdata_file
+
+    src = get_testdata_file("CT_small.dcm")
+    if src is None:  # pragma: no cover
+        pytest.skip("pydicom test files not installed")
+    (work / "one").mkdir()
+    (work / "one" / "CT_small.dcm").write_bytes(Path(src).read_bytes())
+    (work / "one" / "notes.txt").write_text("not a DICOM file")  # skipped
+    ds = pydicom.dcmread(src)
+    got = explain(str(work / "one"))
+    np.testing.assert_allclose(got[0, 0, 0].numpy(), ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept))
+    _, info = load_input(str(work / "one"))
+    ipp = np.asarray(ds.ImagePositionPatient, float)
+    np.testing.assert_allclose((info.affine @ [0, 0, 0, 1])[:3], ipp * [-1, -1, 1], atol=1e-6)
+    np.testing.assert_allclose(info.zooms[1:], [float(v) for v in ds.PixelSpacing])
