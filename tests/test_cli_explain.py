@@ -169,3 +169,154 @@ def test_export_archive_with_automatic_layer(work):
     np.save("s.npy", np.random.rand(2, 1, 10, 12).astype("float32"))
     assert run("--model", "m.pt2", "--input", "s.npy", "--out", "oe") == 0
     check_out(work / "oe", 2, (2, 10, 12))
+
+
+def test_debug_is_accepted_anywhere_on_the_line(work, capsys):
+    np.save("s.npy", np.random.rand(2, 2, 30).astype("float32"))
+    for argv in (["--debug", "explain", "--model", "clifactories:nope", "--input", "s.npy"],
+                 ["explain", "--model", "clifactories:nope", "--debug", "--input", "s.npy"],
+                 ["explain", "--model", "clifactories:nope", "--input", "s.npy", "--debug"]):
+        with pytest.raises(Exception, match="cannot import"):
+            cli.main(argv)
+    assert cli.main(["explain", "--model", "clifactories:nope", "--input", "s.npy"]) == 2
+
+
+def test_a_three_axis_array_that_fails_suggests_single(work, capsys):
+    np.save("img.npy", np.random.rand(1, 16, 12).astype("float32"))  # one (C, H, W) image, read as a 1D batch
+    assert run("--model", "clifactories:net2d", "--input", "img.npy", "--out", "o") == 2
+    err = capsys.readouterr().err
+    assert "forward pass failed" in err and "add --single" in err
+    assert run("--model", "clifactories:net2d", "--input", "img.npy", "--single", "--out", "o") == 0
+
+
+def test_labels_targets_by_name_and_cmap(work):
+    np.save("s.npy", np.random.rand(2, 2, 30).astype("float32"))
+    Path("names.txt").write_text("normal\nventricular\n\natrial\n")
+    assert run("--model", "clifactories:net1d", "--input", "s.npy", "--labels", "names.txt", "--target", "atrial",
+               "--cmap", "viridis", "--out", "o") == 0
+    rows = json.loads((work / "o" / "scores.json").read_text())["rows"]
+    assert [r["label"] for r in rows] == [["atrial"], ["atrial"]] and rows[0]["target"] == [2]
+    assert run("--model", "clifactories:net1d", "--input", "s.npy", "--labels", "a,b,c", "--out", "o2") == 0
+    meta = json.loads((work / "o2" / "scores.json").read_text())
+    assert meta["labels"] == ["a", "b", "c"] and all(r["label"][0] in "abc" for r in meta["rows"])
+
+
+def test_plot_kwargs_reach_the_pictures(work, monkeypatch):
+    from ndcam import viz
+
+    seen = []
+    real = viz.plot_explanation
+    monkeypatch.setattr(viz, "plot_explanation", lambda exp, x, **kw: seen.append(kw) or real(exp, x, **kw))
+    wfdb = pytest.importorskip("wfdb")
+    sig = np.stack([np.sin(np.arange(3600) / 20), np.cos(np.arange(3600) / 15)], 1)
+    wfdb.wrsamp("rec", fs=360, units=["mV", "mV"], sig_name=["MLII", "V1"], p_signal=sig, fmt=["212", "212"])
+    assert run("--model", "clifactories:net1d", "--input", "rec.hea", "--window", "2", "--labels", "a,b,c",
+               "--cmap", "magma", "--out", "o", "--max-pictures", "3") == 0
+    assert [kw["offset"] for kw in seen] == [0.0, 2.0, 4.0] and [kw["index"] for kw in seen] == [0, 1, 2]
+    assert seen[1]["kind"] == "signal" and seen[1]["fs"] == 360 and seen[1]["units"] == ["mV", "mV"]
+    assert seen[1]["channels"] == ["MLII", "V1"] and seen[1]["labels"] == ["a", "b", "c"] and seen[1]["cmap"] == "magma"
+
+
+def test_warnings_during_explain_reach_stderr_and_the_report(work, monkeypatch, capsys):
+    import warnings
+
+    import ndcam
+
+    explain_mod = sys.modules["ndcam.explain"]
+    real = explain_mod.explain
+
+    def noisy(*a, **k):
+        warnings.warn("map 0 is constant: the target does not depend on this layer", ndcam.ConstantMapWarning,
+                      stacklevel=2)
+        return real(*a, **k)
+
+    monkeypatch.setattr(explain_mod, "explain", noisy)
+    np.save("s.npy", np.random.rand(2, 2, 30).astype("float32"))
+    assert run("--model", "clifactories:net1d", "--input", "s.npy", "--out", "o") == 0
+    assert "ConstantMapWarning: map 0 is constant" in capsys.readouterr().err
+    assert "map 0 is constant" in (work / "o" / "report.html").read_text()
+    assert json.loads((work / "o" / "scores.json").read_text())["warnings"]
+
+
+def test_no_carriage_return_spam_and_agg_backend(work, capsys):
+    import matplotlib
+
+    np.save("s.npy", np.random.rand(4, 2, 60).astype("float32"))
+    assert run("--model", "clifactories:net1d", "--input", "s.npy", "--method", "scorecam", "--batch-size", "2",
+               "--out", "o") == 0
+    assert "\r" not in capsys.readouterr().err  # stderr is not a terminal here
+    assert matplotlib.get_backend().lower() == "agg"
+
+
+def test_perturbation_options_follow_the_class_not_a_name_list():
+    class Marked:
+        perturbative = True
+
+        def __init__(self, model, layers=None, **options):
+            pass
+
+    class Plain:
+        def __init__(self, model, layers=None):
+            pass
+
+    class TakesBatch:
+        def __init__(self, model, layers=None, *, batch_size=8):
+            pass
+
+    args = type("A", (), {"batch_size": 5})()
+    assert cli._method_options(Marked, args)["batch_size"] == 5 and "progress" in cli._method_options(Marked, args)
+    assert cli._method_options(Plain, args) == {}
+    assert cli._method_options(TakesBatch, args) == {"batch_size": 5}
+
+
+def test_interrupted_run_leaves_the_folder_as_it_was(work, monkeypatch):
+    np.save("s.npy", np.random.rand(2, 2, 30).astype("float32"))
+    out = work / "o"
+    out.mkdir()
+    (out / "maps.npy").write_bytes(b"old")
+    (out / "mine.txt").write_text("keep")
+    calls = {"n": 0}
+    real = Path.write_bytes
+
+    def interrupted(self, data):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(self, data)
+
+    monkeypatch.setattr(Path, "write_bytes", interrupted)
+    assert run("--model", "clifactories:net1d", "--input", "s.npy", "--out", "o") == 130
+    monkeypatch.setattr(Path, "write_bytes", real)
+    assert sorted(p.name for p in out.iterdir()) == ["maps.npy", "mine.txt"] and (out / "maps.npy").read_bytes() == b"old"
+    assert not [p for p in work.iterdir() if p.name.startswith(".ndcam-")]
+
+
+def test_interrupt_while_moving_files_in_completes_the_folder(work, monkeypatch):
+    import os
+    import signal
+
+    np.save("s.npy", np.random.rand(2, 2, 30).astype("float32"))
+    real = os.replace
+    sent = []
+
+    def replace(a, b):
+        if not sent:
+            sent.append(1)
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C arrives while files are being moved in
+        return real(a, b)
+
+    monkeypatch.setattr(os, "replace", replace)
+    assert run("--model", "clifactories:net1d", "--input", "s.npy", "--out", "o") == 130
+    assert sent and {"maps.npy", "report.html", "scores.json", "sample0.png", "sample1.png"} <= {
+        p.name for p in (work / "o").iterdir()}
+
+
+@pytest.mark.parametrize("args, message", [(["--spectrogram"], "--spectrogram does not apply"),
+                                           (["--leads", "MLII"], "--leads does not apply"),
+                                           (["--volume-index", "0"], "--volume-index does not apply"),
+                                           (["--resample", "8000"], "--resample does not apply"),
+                                           (["--fs", "100", "--stride", "1"], "--stride needs --window")])
+def test_options_that_do_not_apply_are_refused_not_ignored(work, capsys, args, message):
+    np.save("s.npy", np.random.rand(2, 2, 30).astype("float32"))
+    assert run("--model", "clifactories:net1d", "--input", "s.npy", "--out", "o", *args) == 2
+    assert message in capsys.readouterr().err
