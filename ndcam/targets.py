@@ -75,6 +75,9 @@ def _per_sample(value: int | Sequence[int] | torch.Tensor, n: int, device: torch
     if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
         raise InputTypeError(f"{what}: class indices must be integers, got dtype {t.dtype}")
     t = t.long()
+    if t.is_inference():  # made under torch.inference_mode(): autograd cannot save it (gather's index)
+        with torch.inference_mode(False):
+            t = t.clone()
     if t.ndim == 0:
         return t.expand(n).clone()
     if t.ndim > 2:

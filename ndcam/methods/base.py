@@ -191,6 +191,8 @@ def _auto_with_inputs(model: nn.Module, x: torch.Tensor, inputs: ModelInputs):
     cache = _AUTO_WITH_INPUTS.setdefault(model, {})
     if key not in cache:
         layers, reshape = auto_choice(_Bound(model, inputs), x)
+        if any(name == "model" for name, _ in layers):
+            raise LayerError(f"the automatic layer choice picked the whole {type(model).__name__}; pass layers=")
         cache[key] = ([name.split(".", 1)[1] for name, _ in layers], reshape)
     names, reshape = cache[key]
     return [(name, model.get_submodule(name)) for name in names], reshape
