@@ -194,18 +194,36 @@ class ModelInputs:
 
 @dataclass
 class ModelState:
-    """What an explanation must leave as it found it: training flags, grad mode, inference mode."""
+    """What an explanation must leave as it found it: training flags, grad mode, inference mode.
+
+    ``batch_statistics`` says whether a module normalizes with the statistics of the batch even in eval mode
+    (``BatchNorm`` with ``track_running_stats=False``), found on the same pass over the modules.
+    """
 
     training: dict[nn.Module, bool] = field(default_factory=dict)
     grad_enabled: bool = True
+    batch_statistics: bool = False
 
     @classmethod
     def save(cls, model: nn.Module) -> ModelState:
-        return cls({m: m.training for m in model.modules()}, torch.is_grad_enabled())
+        training = {}
+        batch_statistics = False
+        for m in model.modules():
+            training[m] = m.training
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is None:
+                batch_statistics = True
+        return cls(training, torch.is_grad_enabled(), batch_statistics)
+
+    def eval(self) -> None:
+        """Put every module in eval mode (touching only those in training mode)."""
+        for m, flag in self.training.items():
+            if flag:
+                m.training = False
 
     def restore(self) -> None:
         for m, flag in self.training.items():
-            m.training = flag
+            if m.training != flag:
+                m.training = flag
         torch.set_grad_enabled(self.grad_enabled)
 
 
@@ -257,7 +275,7 @@ class Capture:
     def __enter__(self) -> Capture:
         self._state = ModelState.save(self.model)
         try:
-            self.model.eval()
+            self._state.eval()
             for name, module in self.layers:
                 self._handles.append(module.register_forward_hook(self._make_hook(name)))
         except BaseException:

@@ -376,7 +376,7 @@ class BaseCAM:
                     if self.per_sample and n > 1:
                         exp = self._run_per_sample(ctx)
                     else:
-                        if n > 1:
+                        if n > 1 and state.batch_statistics:
                             _warn_batch_dependence(self.model)
                         exp = self._run_smoothed(ctx) if self.aug_smooth else self._run(ctx)
                 _check_result(exp, self)
