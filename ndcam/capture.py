@@ -83,7 +83,7 @@ def tree_map(fn: Callable[[torch.Tensor], Any], obj: Any) -> Any:
     if isinstance(obj, Mapping):
         items = {k: tree_map(fn, v) for k, v in obj.items()}
         try:
-            return type(obj)(**items) if dataclasses.is_dataclass(obj) else type(obj)(items)
+            return type(obj)(**items) if dataclasses.is_dataclass(obj) else type(obj)(items)  # type: ignore[call-arg]
         except TypeError:
             return items
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
@@ -185,7 +185,12 @@ class ModelInputs:
     def signature(self) -> tuple:
         """A hashable summary (tensor shapes and dtypes, other values' types) for caches keyed by the inputs."""
         sig: list = []
-        tree_map(lambda t: sig.append((tuple(t.shape), t.dtype, t.device)) or t, (self.args, self.kwargs))
+
+        def note(t: torch.Tensor) -> torch.Tensor:
+            sig.append((tuple(t.shape), t.dtype, t.device))
+            return t
+
+        tree_map(note, (self.args, self.kwargs))
         return (len(self.args), tuple(sorted(self.kwargs)), tuple(sig))
 
     def call(self, model: Callable, x: torch.Tensor) -> Any:
@@ -310,7 +315,7 @@ class Capture:
         )
 
     def _make_hook(self, name: str):
-        def hook(module: nn.Module, inputs: object, output: object) -> torch.Tensor | None:
+        def hook(module: nn.Module, inputs: object, output: Any) -> torch.Tensor | None:
             if not self._recording:  # e.g. a checkpointed segment re-run by the backward
                 return None
             if not isinstance(output, torch.Tensor):
@@ -390,7 +395,7 @@ class Capture:
         for name, g in zip(self.names, grads):
             if g is None:
                 raise LayerError(_unreached(name))
-        return [self._view(g) for g in grads]
+        return [self._view(g) for g in grads if g is not None]
 
     def input_and_layer_gradients(self, scores: torch.Tensor, retain_graph: bool = False):
         """``(d scores.sum() / d input, [d scores.sum() / d layer output, ...])`` (needs ``input_grad=True``).

@@ -53,6 +53,6 @@ class Explanation:
 
     def to(self, device: str | torch.device) -> Explanation:
         """Move all tensors to ``device``."""
-        move = lambda t: None if t is None else t.to(device)  # noqa: E731
-        return Explanation(move(self.maps), move(self.scores), move(self.targets), self.layers, self.method,
-                           move(self.raw_min), move(self.raw_max), self.input_shape, list(self.warnings))
+        return Explanation(self.maps.to(device), self.scores.to(device),
+                           None if self.targets is None else self.targets.to(device), self.layers, self.method,
+                           self.raw_min.to(device), self.raw_max.to(device), self.input_shape, list(self.warnings))

@@ -134,8 +134,9 @@ def logits_of(output: Any) -> torch.Tensor:
             return output["logits"]
         found = [v for v in output.values() if isinstance(v, torch.Tensor)]
     elif dataclasses.is_dataclass(output) and not isinstance(output, type):
-        if isinstance(getattr(output, "logits", None), torch.Tensor):
-            return output.logits
+        logits = getattr(output, "logits", None)
+        if isinstance(logits, torch.Tensor):
+            return logits
         found = [getattr(output, f.name) for f in dataclasses.fields(output)
                  if isinstance(getattr(output, f.name, None), torch.Tensor)]
     elif isinstance(output, (tuple, list)):

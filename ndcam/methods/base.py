@@ -25,6 +25,9 @@ from __future__ import annotations
 import contextlib
 import inspect
 import math
+import os
+import sys
+import types
 import warnings
 import weakref
 from collections.abc import Callable, Mapping
@@ -443,7 +446,7 @@ class BaseCAM:
                 ctx.scores = scores if multi else scores[:, None]
                 names = list(cap.names)
                 if self._legacy_layer_maps:
-                    per_layer = self._layer_maps(cap, x, ctx.scores, ctx.class_idx, ctx.score_fn)
+                    per_layer = self._layer_maps(cap, x, ctx.scores, ctx.class_idx, ctx.score_fn)  # type: ignore[call-arg,arg-type]
                 else:
                     per_layer = self._layer_maps(ctx)
             finally:
@@ -485,6 +488,7 @@ class BaseCAM:
         (Subclasses written for the earlier signature ``_layer_maps(cap, x, sc, class_idx, score_fn)`` still work.)
         """
         cap, sc, class_idx = ctx.cap, ctx.scores, ctx.class_idx
+        assert cap is not None and sc is not None, "_layer_maps runs inside the captured forward"
         acts = cap.activations
         per_layer: list[list[torch.Tensor]] = [[] for _ in acts]
         k_total = sc.shape[1]
@@ -567,13 +571,14 @@ def _check_differentiable(scores: torch.Tensor, output: Any, names: list[str]) -
     )
 
 
+_NDCAM_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
 def _stacklevel() -> int:
     """Stack level of the first frame outside ndcam, so a warning points at the caller's line."""
-    import os
-    import sys
-
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    frame, level = sys._getframe(1), 1
+    root = _NDCAM_ROOT
+    frame: types.FrameType | None = sys._getframe(1)
+    level = 1
     while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(root + os.sep):
         frame, level = frame.f_back, level + 1
     return level

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from tqdm import tqdm
+from tqdm import tqdm  # type: ignore[import-untyped]
 
 from .. import ops
 from .._errors import InputError, InputTypeError, LayerError, NdcamError, forward_failed
@@ -140,6 +140,7 @@ class _PerturbationCAM(BaseCAM):
 
     def _layer_maps(self, ctx: CallContext) -> list[torch.Tensor]:
         cap, sc = ctx.cap, ctx.scores
+        assert cap is not None and sc is not None, "_layer_maps runs inside the captured forward"
         names = list(cap.names)
         if len(names) != len(set(names)):
             raise LayerError(
@@ -180,7 +181,7 @@ class _PerturbationCAM(BaseCAM):
                 try:
                     out.append(run_block(c0, c1))
                 except _ModelFailed as failed:
-                    err = failed.__cause__
+                    err = failed.__cause__ or failed
                     if not first or c1 - c0 == 1:
                         raise forward_failed(self.model, ctx.x, err) from err
                     per, first = 1, False  # the model takes only N inputs per forward: go on with exactly N
