@@ -71,12 +71,15 @@ def test_every_method_explains_a_model_with_two_inputs(method, rank):
     x = make_input(rank)
     gain, bias = _extras(rank)
     options = {"batch_size": 4} if ndcam.get_method(method).perturbative else {}
+    # CAM: the temperature rescales the classifier's output, so name the classifier
+    fc = {"fc": "net.fc"} if method == "cam" else {}
     got = ndcam.explain(model, x, method, targets=[1, 0, 2], layers=_layer(method), forward_args=(gain,),
-                        forward_kwargs={"bias": bias, "temperature": 2.0}, **options)
+                        forward_kwargs={"bias": bias, "temperature": 2.0}, **options, **fc)
     for i in range(3):  # reference: each sample alone, its extra inputs bound into a single-input model
         ref = Bound(model, gain[i : i + 1], bias[i : i + 1], 2.0)
         layer = None if _layer(method) is None else "model.net.feat"
-        want = ndcam.explain(ref, x[i : i + 1], method, targets=[[1, 0, 2][i]], layers=layer, **options)
+        fc = {"fc": "model.net.fc"} if method == "cam" else {}
+        want = ndcam.explain(ref, x[i : i + 1], method, targets=[[1, 0, 2][i]], layers=layer, **options, **fc)
         torch.testing.assert_close(got.maps[i : i + 1], want.maps)
         torch.testing.assert_close(got.scores[i : i + 1], want.scores)
 
@@ -207,6 +210,8 @@ class TokenAndMask(nn.Module):
 
 @pytest.mark.parametrize("method", ALL)
 def test_hugging_face_style_dict_model_with_a_mask(method):
+    if method == "cam":
+        pytest.skip("CAM is not defined here: the mask multiplies the layer's map before the pooling")
     torch.manual_seed(0)
     model = TokenAndMask(2).double().eval()
     x = make_input(2)

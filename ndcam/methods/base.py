@@ -236,12 +236,18 @@ class BaseCAM:
     perturbative: ClassVar[bool] = False
     #: set for subclasses whose ``_layer_maps`` still has the earlier signature ``(cap, x, sc, class_idx, score_fn)``
     _legacy_layer_maps: ClassVar[bool] = False
+    #: set for subclasses whose ``_run`` override still has the earlier signature
+    #: ``(x, targets, score_fn, class_idx, upsample, normalize)`` (and calls ``super()._run`` with it)
+    _legacy_run: ClassVar[bool] = False
+    #: the context of the running call while a legacy ``_run`` override runs (safe: the model's lock is held)
+    _legacy_ctx: CallContext | None = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        if "_layer_maps" in cls.__dict__:
-            params = list(inspect.signature(cls.__dict__["_layer_maps"]).parameters)
-            cls._legacy_layer_maps = len(params) == 6
+        for name, count, flag in (("_layer_maps", 6, "_legacy_layer_maps"), ("_run", 7, "_legacy_run")):
+            if name in cls.__dict__:
+                params = list(inspect.signature(cls.__dict__[name]).parameters)
+                setattr(cls, flag, len(params) == count)
 
     def __init__(
         self,
@@ -255,10 +261,11 @@ class BaseCAM:
     ) -> None:
         if isinstance(model, torch.jit.ScriptModule):
             raise InputTypeError(
-                f"model is a TorchScript module ({type(model).__name__}); ndcam cannot capture its activations: a "
-                f"scripted or traced module runs compiled code that does not call Python forward hooks reliably. Pass "
-                f"the eager nn.Module instead, or export it with torch.export.export(model, (x,)) and load the archive "
-                f"with ndcam.io.load_model('model.pt2')"
+                f"{type(model).__name__} is a TorchScript module (torch.jit.script/trace/load): TorchScript modules "
+                f"cannot take forward hooks reliably (their compiled forward does not call Python hooks), so ndcam cannot "
+                f"read activations from them; explain the original Python nn.Module (the eager model: build its class "
+                f"and load_state_dict the weights), or export it with torch.export.export(model, (x,)) and load the "
+                f"archive with ndcam.io.load_model('model.pt2')"
             )
         if not isinstance(model, nn.Module):
             raise InputTypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -381,7 +388,7 @@ class BaseCAM:
                     else:
                         if n > 1 and state.batch_statistics:
                             _warn_batch_dependence(self.model)
-                        exp = self._run_smoothed(ctx) if self.aug_smooth else self._run(ctx)
+                        exp = self._run_smoothed(ctx) if self.aug_smooth else self._run_call(ctx)
                 _check_result(exp, self)
                 return exp, ctx.saved
             finally:
@@ -393,7 +400,7 @@ class BaseCAM:
         for i in range(ctx.n):
             sub = replace(ctx, x=ctx.x[i : i + 1], inputs=ctx.inputs.take(i, i + 1), targets=ctx.targets.take(i, i + 1),
                           saved={k: [] for k in ctx.saved})
-            parts.append(self._run_smoothed(sub) if self.aug_smooth else self._run(sub))
+            parts.append(self._run_smoothed(sub) if self.aug_smooth else self._run_call(sub))
             saved.append(sub.saved)
         for key in ctx.saved:  # each entry: one tensor per target, batch axis first
             ctx.saved[key] = [torch.cat(items, dim=0) for items in zip(*(s[key] for s in saved))]
@@ -415,9 +422,9 @@ class BaseCAM:
         x = ctx.x
         aug = self.aug_smooth if isinstance(self.aug_smooth, Augmentations) else Augmentations.default(x.ndim - 2, x.shape[2:])
         aug.validate(x.ndim - 2)
-        first = self._run(replace(ctx, upsample=True, normalize=False))
+        first = self._run_call(replace(ctx, upsample=True, normalize=False))
         targets = ctx.targets if first.targets is None or not ctx.targets.top1 else ctx.targets.fixed(first.targets)
-        raw = smooth(lambda xt: self._run(replace(ctx, x=xt, targets=targets, upsample=True, normalize=False)).maps,
+        raw = smooth(lambda xt: self._run_call(replace(ctx, x=xt, targets=targets, upsample=True, normalize=False)).maps,
                      x, aug, k_axis=first.scores.ndim == 2)
         maps, lo, hi = range_and_normalize(raw, 2 if first.scores.ndim == 2 else 1, ctx.normalize)
         first.maps, first.raw_min, first.raw_max = maps.float(), lo.float(), hi.float()
@@ -428,7 +435,26 @@ class BaseCAM:
         """What the captured forward runs inside (Guided Backprop: its guided ReLU hooks). Default: nothing."""
         return contextlib.nullcontext()
 
-    def _run(self, ctx: CallContext) -> Explanation:
+    def _run_call(self, ctx: CallContext) -> Explanation:
+        """One captured forward and its maps: :meth:`_run`, or a legacy ``_run`` override with the earlier arguments."""
+        if not self._legacy_run:
+            return self._run(ctx)
+        outer, self._legacy_ctx = self._legacy_ctx, ctx
+        try:
+            return self._run(ctx.x, ctx.targets.spec, ctx.score_fn, ctx.class_idx, ctx.upsample,  # type: ignore[call-arg]
+                             ctx.normalize)
+        finally:
+            self._legacy_ctx = outer
+
+    def _run(self, ctx: CallContext, *legacy: Any) -> Explanation:
+        """Capture, score, per-layer maps, fusion. (``legacy``: the earlier signature's remaining arguments, when a
+        subclass override calls ``super()._run(x, targets, score_fn, class_idx, upsample, normalize)``.)
+        """
+        if not isinstance(ctx, CallContext):
+            if self._legacy_ctx is None:
+                raise TypeError("BaseCAM._run takes a CallContext")
+            upsample, normalize = legacy[3], legacy[4]
+            ctx = replace(self._legacy_ctx, x=ctx, upsample=upsample, normalize=normalize)
         x = ctx.x
         ctx.layers, ctx.reshape = self._layers_for(ctx)
         with self._forward_context(ctx), Capture(self.model, ctx.layers, ctx.rank, grads=self.uses_gradients,
