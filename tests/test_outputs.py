@@ -213,3 +213,66 @@ def test_list_of_per_image_dicts_with_a_callable(method, rank):
     options = {"batch_size": 7} if ndcam.get_method(method).perturbative else {}
     got = ndcam.explain(Detector(net), x, method, layers="net.feat", targets=target, **options).maps
     torch.testing.assert_close(got, ndcam.explain(net, x, method, layers="feat", targets=1).maps)
+
+
+class TinyHFViT(nn.Module):
+    """Hugging Face-style ViT: ``forward(pixel_values, output_hidden_states=False)`` -> ``ModelOutput(logits, ...)``;
+    patch embedding, a class token, pre-norm blocks (``norm1`` -> attention, ``norm2`` -> MLP), head on the class
+    token. Any rank: the patch embedding is a ConvNd."""
+
+    class Block(nn.Module):
+        def __init__(self, dim):
+            super().__init__()
+            self.norm1 = nn.LayerNorm(dim)
+            self.attn = nn.MultiheadAttention(dim, 2, batch_first=True)
+            self.norm2 = nn.LayerNorm(dim)
+            self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
+
+        def forward(self, t):
+            h = self.norm1(t)
+            t = t + self.attn(h, h, h, need_weights=False)[0]
+            return t + self.mlp(self.norm2(t))
+
+    def __init__(self, rank, dim=8, classes=3):
+        super().__init__()
+        self.embed = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[rank](2, dim, 2, stride=2)
+        self.cls = nn.Parameter(torch.randn(1, 1, dim))
+        self.blocks = nn.ModuleList([self.Block(dim), self.Block(dim)])
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, classes)
+        for m in self.modules():  # trained-looking LayerNorm affine parameters (the default's channel sum is 0,
+            if isinstance(m, nn.LayerNorm):  # which leaves Eigen-CAM's sign to rounding)
+                nn.init.normal_(m.weight, 1.0, 0.3)
+                nn.init.normal_(m.bias, 0.0, 0.3)
+
+    def forward(self, pixel_values, output_hidden_states=False):
+        t = self.embed(pixel_values).flatten(2).transpose(1, 2)
+        t = torch.cat([self.cls.expand(len(t), -1, -1), t], 1)
+        for b in self.blocks:
+            t = b(t)
+        logits = self.head(self.norm(t)[:, 0])
+        return FakeModelOutput(logits=logits, hidden_states=t if output_hidden_states else None)
+
+
+VIT_SHAPES = {1: (16,), 2: (8, 6), 3: (4, 4, 6)}
+
+
+@pytest.mark.parametrize("method", [m for m in ALL if m != "cam"])  # CAM needs global pooling + one linear layer
+@pytest.mark.parametrize("rank", [1, 2, 3])
+def test_hugging_face_style_vit_with_class_token(method, rank):
+    torch.manual_seed(0)
+    model = TinyHFViT(rank).double().eval()
+    x = torch.randn(3, 2, *VIT_SHAPES[rank], dtype=torch.float64)
+    grid = tuple(s // 2 for s in VIT_SHAPES[rank])
+    layer = None if method in ("guidedbackprop", "fullgrad") else "blocks.1.norm1"
+    options = {} if layer is None else {"reshape": ndcam.TokenGrid(grid, prefix=1)}
+    if ndcam.get_method(method).perturbative:
+        options["batch_size"] = 5
+    call = {"forward_kwargs": {"output_hidden_states": True}}
+    exp = ndcam.explain(model, x, method, targets=[0, 2, 1], layers=layer, **call, **options)
+    assert exp.maps.shape == x[:, 0].shape and torch.isfinite(exp.maps).all()
+    per = torch.cat([ndcam.explain(model, x[i : i + 1], method, targets=[[0, 2, 1][i]], layers=layer, **call,
+                                   **options).maps for i in range(3)])
+    torch.testing.assert_close(exp.maps, per)
+    if method in ("gradcam", "hirescam", "eigencam", "fullgrad"):
+        assert (exp.raw_max > exp.raw_min).any()  # the patch tokens of norm1 reach the class token: real maps
