@@ -223,3 +223,23 @@ def test_hugging_face_style_dict_model_with_a_mask(method):
     per = [ndcam.explain(model, x[i : i + 1], method, targets=[[0, 1, 3][i]], layers=layer,
                          forward_kwargs={"attention_mask": mask[i : i + 1]}, **options).maps for i in range(3)]
     torch.testing.assert_close(got.maps, torch.cat(per))
+
+
+@pytest.mark.parametrize("method", ["gradcam", "fullgrad", "guidedbackprop", "scorecam"])
+def test_extra_inputs_made_under_inference_mode(method):
+    model = TwoInputs(make_net(2))
+    x = make_input(2)
+    gain, bias = _extras(2)
+    layer = None if method in ("fullgrad", "guidedbackprop") else "net.feat"
+    want = ndcam.explain(model, x, method, 1, layer, forward_args=(gain,), forward_kwargs={"bias": bias}).maps
+    with torch.inference_mode():
+        xi, gi, bi = x.clone(), gain.clone(), bias.clone()
+    got = ndcam.explain(model, xi, method, 1, layer, forward_args=(gi,), forward_kwargs={"bias": bi}).maps
+    torch.testing.assert_close(got, want)
+
+
+def test_per_sample_needs_the_same_number_of_targets_per_sample():
+    model, x = make_net(1), make_input(1)
+    with pytest.raises(ValueError, match="different number of scores per sample"):
+        ks = iter([1, 2, 2])  # e.g. a threshold that keeps a different number of labels per sample
+        ndcam.GradCAM(model, "feat", per_sample=True)(x, lambda out: out[:, : next(ks)].reshape(len(out), -1))

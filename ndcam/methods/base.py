@@ -406,6 +406,12 @@ class BaseCAM:
             ctx.saved[key] = [torch.cat(items, dim=0) for items in zip(*(s[key] for s in saved))]
         cat = lambda ts: torch.cat(ts, dim=0)  # noqa: E731
         first = parts[0]
+        if len({p.maps.shape[1:] for p in parts}) > 1:
+            raise InputError(
+                f"per_sample=True: the target callable gave a different number of scores per sample "
+                f"({sorted({p.scores.shape[1] if p.scores.ndim == 2 else 1 for p in parts})}); return the same K for "
+                f"every sample (e.g. MultiLabel(labels=[...]) instead of a threshold)"
+            )
         return Explanation(
             maps=cat([p.maps for p in parts]),
             scores=cat([p.scores for p in parts]),
