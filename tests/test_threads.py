@@ -18,7 +18,7 @@ from torch import nn
 import ndcam
 from ndcam.capture import model_lock
 
-from .conftest import make_input, make_net
+from .conftest import GapNet, make_input, make_net
 from .test_hygiene import assert_same, snapshot
 
 ALL = ndcam.methods()
@@ -119,3 +119,32 @@ def test_the_lock_is_per_model_and_reentrant():
     assert model_lock(a) is model_lock(a) and model_lock(a) is not model_lock(b)
     with model_lock(a):  # a method calling another method on the same model (Guided Grad-CAM) does not block itself
         ndcam.GuidedGradCAM(a, "feat")(make_input(1))
+
+
+def test_guided_gradients_of_a_shared_instance_under_threads():
+    """Guided Backprop used to keep the gradients of a call on the instance (``_store``)."""
+    model = _model(2)
+    gb = ndcam.GuidedBackprop(model)
+    xs = [make_input(2, n=2, seed=s, dtype=torch.float32) for s in range(THREADS)]
+    expected = [gb.guided_gradients(x, s % 5) for s, x in enumerate(xs)]
+    got = _run_concurrently(lambda s, x: gb.guided_gradients(x, s % 5), list(enumerate(xs)))
+    for e, g in zip(expected, got):
+        torch.testing.assert_close(g, e, rtol=0, atol=0)
+
+
+def _state_of(obj):
+    return {k: v for k, v in vars(obj).items() if not k.startswith("_legacy")}
+
+
+@pytest.mark.parametrize("method", ALL)
+def test_calls_leave_the_instance_as_it_was(method):
+    """Method instances hold configuration only: nothing of a call is stored on them."""
+    model = make_net(1, cls=GapNet) if method == "cam" else make_net(1)
+    cam = ndcam.get_method(method)(model, _layer(method) if method != "cam" else None)
+    before = _state_of(cam)
+    cam(make_input(1), 1)
+    cam(make_input(1), torch.tensor([[0, 1]] * 3))
+    after = _state_of(cam)
+    assert after.keys() == before.keys()
+    for k, v in before.items():
+        assert after[k] is v or after[k] == v, k
