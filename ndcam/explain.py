@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -24,6 +25,8 @@ def explain(
     *,
     upsample: bool = True,
     normalize: bool = True,
+    forward_args: tuple = (),
+    forward_kwargs: Mapping[str, Any] | None = None,
     **method_options: Any,
 ) -> Explanation:
     """Explain ``model`` on ``x`` with one CAM method and return an :class:`Explanation`.
@@ -36,7 +39,10 @@ def explain(
         layers: None (automatic), dotted name, module, or a list of those.
         upsample: resize maps to the input's spatial size.
         normalize: min-max normalize each map to ``[0, 1]``.
-        **method_options: passed to the method class (e.g. ``fc=`` for CAM).
+        forward_args: extra positional inputs of the model after ``x`` (``model(x, *forward_args, **forward_kwargs)``);
+            tensors whose first axis has length N are per-sample (replicated by the perturbation methods).
+        forward_kwargs: extra keyword inputs of the model, e.g. ``{"attention_mask": mask}``.
+        **method_options: passed to the method class (e.g. ``fc=`` for CAM, ``per_sample=True``, ``batch_size=``).
 
     Example:
         >>> import torch, ndcam
@@ -47,4 +53,5 @@ def explain(
         (torch.Size([2, 32, 32]), [1, 3])
     """
     cam = get_method(method)(model, layers, **method_options)
-    return cam.explain(x, targets, upsample=upsample, normalize=normalize)
+    return cam.explain(x, targets, upsample=upsample, normalize=normalize, forward_args=forward_args,
+                       forward_kwargs=forward_kwargs)

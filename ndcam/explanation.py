@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -22,6 +22,7 @@ class Explanation:
         method: registry name of the method.
         raw_min, raw_max: per-map range of the raw (unnormalized) map, same leading shape as ``scores``.
         input_shape: shape of the explained input.
+        warnings: what the call warned about (e.g. constant maps), as text; empty when all went well.
     """
 
     maps: torch.Tensor
@@ -32,6 +33,7 @@ class Explanation:
     raw_min: torch.Tensor
     raw_max: torch.Tensor
     input_shape: tuple[int, ...] = ()
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def rank(self) -> int:
@@ -51,6 +53,6 @@ class Explanation:
 
     def to(self, device: str | torch.device) -> Explanation:
         """Move all tensors to ``device``."""
-        move = lambda t: None if t is None else t.to(device)  # noqa: E731
-        return Explanation(move(self.maps), move(self.scores), move(self.targets), self.layers, self.method,
-                           move(self.raw_min), move(self.raw_max), self.input_shape)
+        return Explanation(self.maps.to(device), self.scores.to(device),
+                           None if self.targets is None else self.targets.to(device), self.layers, self.method,
+                           self.raw_min.to(device), self.raw_max.to(device), self.input_shape, list(self.warnings))

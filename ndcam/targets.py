@@ -12,6 +12,17 @@ Accepted forms (see :func:`as_score_fn`):
 * a 2-D integer tensor ``(N, K)``: K classes per sample, K maps per sample;
 * a callable ``output -> scores`` with scores ``(N,)`` or ``(N, K)``, e.g. the ready-made targets below.
 
+**Which tensor class indices read** (:func:`logits_of`, the one rule every method and every ready-made target uses):
+a tensor output is the logits; a mapping (``dict``, Hugging Face ``ModelOutput``) gives its ``"logits"`` entry, else
+its only tensor value; a dataclass gives its ``logits`` field, else its only tensor field; a tuple or list gives its
+first tensor element (Hugging Face ``return_dict=False``, ``(logits, features)``). Anything else, or a mapping with
+several tensors and no ``"logits"``, is refused with a message asking for a callable target. A callable target
+always receives the model's raw output, whatever its structure.
+
+Targets given as indices (and the ready-made targets holding indices) are validated when the call starts, before
+any forward pass: length N, integer dtype, no negative index, at least one target per sample. Only the class range
+needs the output and is checked right after the forward pass.
+
 Ready-made targets:
 
 >>> import torch
@@ -25,9 +36,10 @@ torch.Size([2])
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Union
+from typing import Any, Union
 
 import torch
 
@@ -44,6 +56,9 @@ __all__ = [
     "SegmentationMask",
     "MultiLabel",
     "as_score_fn",
+    "logits_of",
+    "Targets",
+    "resolve_targets",
 ]
 
 ScoreFn = Callable[[torch.Tensor], torch.Tensor]
@@ -60,6 +75,9 @@ def _per_sample(value: int | Sequence[int] | torch.Tensor, n: int, device: torch
     if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
         raise InputTypeError(f"{what}: class indices must be integers, got dtype {t.dtype}")
     t = t.long()
+    if t.is_inference():  # made under torch.inference_mode(): autograd cannot save it (gather's index)
+        with torch.inference_mode(False):
+            t = t.clone()
     if t.ndim == 0:
         return t.expand(n).clone()
     if t.ndim > 2:
@@ -69,6 +87,8 @@ def _per_sample(value: int | Sequence[int] | torch.Tensor, n: int, device: torch
             f"{what}: got {t.shape[0]} class indices for a batch of {n} samples; pass one per sample (length {n}), "
             f"an (N, K) tensor with N={n}, or a single int for all"
         )
+    if t.ndim == 2 and t.shape[1] == 0:
+        raise InputError(f"{what}: an ({n}, 0) tensor asks for K=0 maps per sample; ask for at least one target")
     return t
 
 
@@ -80,12 +100,63 @@ def _check_range(idx: torch.Tensor, num_classes: int, what: str) -> None:
         )
 
 
-def _logits(output: torch.Tensor, what: str) -> torch.Tensor:
-    if not isinstance(output, torch.Tensor):
-        raise InputTypeError(
-            f"{what}: the model output is {type(output).__name__}, not a tensor; pass targets=callable(output) -> "
-            f"scores (N,) or (N, K) that picks the score from it"
-        )
+def _describe(output: Any) -> str:
+    if isinstance(output, Mapping):
+        return f"{type(output).__name__} with keys {list(output.keys())}"
+    return type(output).__name__
+
+
+def logits_of(output: Any) -> torch.Tensor:
+    """The tensor that class-index targets read from a model output (the one documented rule, see the module doc).
+
+    * a tensor: itself;
+    * a mapping (``dict``, ``OrderedDict``, Hugging Face ``ModelOutput``): its ``"logits"`` entry, else its only tensor
+      value;
+    * a dataclass: its ``logits`` field, else its only tensor field;
+    * a tuple or list (also a named tuple): its first tensor element.
+
+    Raises:
+        InputTypeError: the output holds no tensor, or several with none called ``logits``: pass a callable target
+            ``output -> scores (N,) or (N, K)`` that picks the score from it.
+
+    Example:
+        >>> import torch
+        >>> logits_of({"logits": torch.zeros(2, 3), "hidden": torch.ones(2, 8)}).shape
+        torch.Size([2, 3])
+        >>> logits_of((torch.zeros(2, 3), torch.ones(2, 8))).shape
+        torch.Size([2, 3])
+    """
+    if isinstance(output, torch.Tensor):
+        return output
+    found: list[torch.Tensor] = []
+    if isinstance(output, Mapping):
+        if isinstance(output.get("logits"), torch.Tensor):
+            return output["logits"]
+        found = [v for v in output.values() if isinstance(v, torch.Tensor)]
+    elif dataclasses.is_dataclass(output) and not isinstance(output, type):
+        logits = getattr(output, "logits", None)
+        if isinstance(logits, torch.Tensor):
+            return logits
+        found = [getattr(output, f.name) for f in dataclasses.fields(output)
+                 if isinstance(getattr(output, f.name, None), torch.Tensor)]
+    elif isinstance(output, (tuple, list)):
+        for v in output:
+            if isinstance(v, torch.Tensor):
+                return v
+    if len(found) == 1:
+        return found[0]
+    why = "several tensors and none is called 'logits'" if found else "no tensor to read class scores from"
+    raise InputTypeError(
+        f"the model output is {_describe(output)}: {why}; pass targets=callable(output) -> scores (N,) or (N, K) "
+        f"that picks the score, e.g. targets=lambda out: out['scores'][:, 3]"
+    )
+
+
+def _logits(output: Any, what: str) -> torch.Tensor:
+    try:
+        output = logits_of(output)
+    except InputTypeError as err:
+        raise InputTypeError(f"{what}: {err}") from None
     if output.ndim == 1:
         return output[:, None]
     if output.ndim != 2:
@@ -162,7 +233,8 @@ class Regression:
     index: int | None = None
     reference: float | Sequence[float] | torch.Tensor | None = None
 
-    def __call__(self, output: torch.Tensor) -> torch.Tensor:
+    def __call__(self, output: Any) -> torch.Tensor:
+        output = logits_of(output)
         y = output.reshape(output.shape[0], -1)
         if self.index is None and y.shape[1] != 1:
             raise InputError(f"Regression: the output has {y.shape[1]} columns; pass index=<column>")
@@ -197,7 +269,8 @@ class SegmentationMask:
     category: int | Sequence[int] | torch.Tensor
     mask: torch.Tensor | None = None
 
-    def __call__(self, output: torch.Tensor) -> torch.Tensor:
+    def __call__(self, output: Any) -> torch.Tensor:
+        output = logits_of(output)
         if output.ndim < 3:
             raise InputError(f"SegmentationMask needs an (N, classes, *spatial) output, got {tuple(output.shape)}")
         idx = _per_sample(self.category, output.shape[0], output.device, "SegmentationMask.category")
@@ -246,23 +319,102 @@ class _TopClass:
         return logits.argmax(dim=1)
 
 
-def as_score_fn(targets: TargetSpec, n: int, device: torch.device) -> tuple[ScoreFn, torch.Tensor | None, bool]:
-    """Validate ``targets`` for a batch of ``n`` and return ``(score_fn, class_indices or None, multi)``.
+def _prevalidate(target: Any, n: int, device: torch.device) -> None:
+    """Check the class indices a ready-made target holds against the batch, before any forward pass."""
+    if isinstance(target, ClassTarget):
+        _check_indices(target.classes, n, device, "ClassTarget.classes")
+    elif isinstance(target, Contrastive):
+        _check_indices(target.p, n, device, "Contrastive.p")
+        _check_indices(target.q, n, device, "Contrastive.q")
+    elif isinstance(target, SoftmaxProbability):
+        _check_indices(target.classes, n, device, "SoftmaxProbability.classes")
+    elif isinstance(target, MultiLabel) and target.labels is not None:
+        _check_indices(target.labels, n, device, "MultiLabel.labels")
+    elif isinstance(target, SegmentationMask):
+        idx = _check_indices(target.category, n, device, "SegmentationMask.category")
+        if idx.ndim != 1:
+            raise InputError("SegmentationMask.category must be one class per sample (an int or N ints)")
 
-    ``multi`` is True when the caller asked for K maps per sample (an ``(N, K)`` tensor); for callables it is decided
-    by the shape of the scores they return. Checks that need the output (class range) happen in the score function.
+
+def _check_indices(value: Any, n: int, device: torch.device, what: str) -> torch.Tensor:
+    if isinstance(value, (str, bytes, float)) or not isinstance(value, (int, Sequence, torch.Tensor)):
+        raise InputTypeError(
+            f"{what} must be an int, a sequence/1-D tensor of N ints or an (N, K) integer tensor; got "
+            f"{type(value).__name__}"
+        )
+    idx = _per_sample(value, n, device, what)
+    if idx.numel() and bool((idx < 0).any()):
+        raise InputError(f"{what}: negative class index {idx[idx < 0].unique().tolist()}; class indices start at 0")
+    return idx
+
+
+@dataclass
+class Targets:
+    """Targets resolved once per call (see :func:`resolve_targets`).
+
+    Attributes:
+        spec: what the caller passed.
+        score_fn: ``output -> scores (N,) or (N, K)``; for ``spec=None`` the top-1 logit until the output is known.
+        classes: class indices ``(N,)`` or ``(N, K)`` when the targets are classes, else ``None`` (also for
+            ``spec=None`` before the forward pass; see :meth:`fixed`).
+        multi: whether K maps per sample were asked for with an ``(N, K)`` tensor (callables decide by their scores).
+    """
+
+    spec: Any
+    score_fn: ScoreFn
+    classes: torch.Tensor | None
+    multi: bool
+
+    @property
+    def top1(self) -> bool:
+        """Whether the classes are the top-1 classes of the output (``targets=None``)."""
+        return self.spec is None
+
+    @property
+    def classes_nk(self) -> torch.Tensor | None:
+        """Class indices as ``(N, K)`` (K = 1 for one class per sample), or ``None``."""
+        if self.classes is None:
+            return None
+        return self.classes if self.classes.ndim == 2 else self.classes[:, None]
+
+    def fixed(self, classes: torch.Tensor) -> Targets:
+        """The same targets with the classes fixed (the top-1 classes of an unperturbed output)."""
+        return Targets(self.spec, ClassTarget(classes), classes, classes.ndim == 2)
+
+    def take(self, start: int, stop: int) -> Targets:
+        """The targets of samples ``start:stop`` (callables are shared: they receive the smaller outputs)."""
+        if self.classes is None:
+            return self
+        sub = self.classes[start:stop]
+        return Targets(self.spec, ClassTarget(sub), sub, self.multi)
+
+
+def resolve_targets(targets: TargetSpec, n: int, device: torch.device) -> Targets:
+    """Validate ``targets`` for a batch of ``n`` (before any forward pass) and resolve them into a :class:`Targets`.
+
+    Raises:
+        InputTypeError: a target of the wrong type (float, str, float tensor, bool).
+        InputError: wrong length, negative index, ``(N, 0)`` tensor, more than two axes; the same checks for the
+            indices held by the ready-made targets (:class:`ClassTarget`, :class:`Contrastive`, ...).
     """
     if targets is None:
-        return _TopClass(), None, False
+        return Targets(None, _TopClass(), None, False)
     if callable(targets) and not isinstance(targets, torch.Tensor):
-        return targets, None, False
+        _prevalidate(targets, n, device)
+        return Targets(targets, targets, None, False)
     if isinstance(targets, (str, bytes, float)) or not isinstance(targets, (int, Sequence, torch.Tensor)):
         raise InputTypeError(
             f"targets must be None, an int, a sequence/1-D tensor of N ints, an (N, K) integer tensor or a callable "
             f"output -> scores; got {type(targets).__name__}"
         )
-    ct = ClassTarget(targets)
-    idx = ct.indices(n, device)
-    if (idx < 0).any():
-        raise InputError(f"targets: negative class index {idx[idx < 0].unique().tolist()}; class indices start at 0")
-    return ct, idx, idx.ndim == 2
+    idx = _check_indices(targets, n, device, "targets")
+    return Targets(targets, ClassTarget(idx), idx, idx.ndim == 2)
+
+
+def as_score_fn(targets: TargetSpec, n: int, device: torch.device) -> tuple[ScoreFn, torch.Tensor | None, bool]:
+    """Validate ``targets`` for a batch of ``n`` and return ``(score_fn, class_indices or None, multi)``.
+
+    Kept for callers of the earlier API; :func:`resolve_targets` returns the same as one object.
+    """
+    t = resolve_targets(targets, n, device)
+    return t.score_fn, t.classes, t.multi

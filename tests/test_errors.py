@@ -61,6 +61,50 @@ def test_bad_targets_are_rejected_before_the_forward(targets, exc, match, rank):
     assert model.calls == 0
 
 
+@pytest.mark.parametrize(
+    "targets, exc, match",
+    [
+        (torch.zeros(3, 0, dtype=torch.long), ValueError, r"\(3, 0\) tensor asks for K=0"),
+        (torch.tensor([[0, -2]] * 3), ValueError, "negative"),
+        (torch.tensor([True, False, True]), TypeError, "integers"),
+        (True, TypeError, "bool is not a class index"),
+        (ndcam.targets.ClassTarget([0, 1]), ValueError, "ClassTarget.classes: got 2 class indices for a batch of 3"),
+        (ndcam.targets.Contrastive(1, [0, -1, 0]), ValueError, "Contrastive.q: negative"),
+        (ndcam.targets.SoftmaxProbability(0.5), TypeError, "SoftmaxProbability.classes must be"),
+        (ndcam.targets.MultiLabel([[0, 1]]), ValueError, "MultiLabel.labels: got 1"),
+        (ndcam.targets.SegmentationMask(torch.zeros(3, 2, dtype=torch.long)), ValueError, "one class per sample"),
+    ],
+    ids=["k0", "negative-2d", "bool-tensor", "bool", "classtarget-length", "contrastive-negative", "softmax-float",
+         "multilabel-length", "segmentation-2d"],
+)
+@pytest.mark.parametrize("method", ["gradcam", "scorecam", "ablationcam", "fullgrad", "guidedgradcam"])
+def test_more_bad_targets_are_rejected_before_the_forward(method, targets, exc, match, rank):
+    model = CountingNet(rank)
+    layers = None if method == "fullgrad" else "net.feat"
+    with pytest.raises(exc, match=match):
+        ndcam.explain(model, make_input(rank), method, targets=targets, layers=layers)
+    assert model.calls == 0
+
+
+@pytest.mark.parametrize(
+    "call, exc, match",
+    [
+        ({"upsample": "yes"}, TypeError, "upsample must be True or False"),
+        ({"normalize": None}, TypeError, "normalize must be True or False"),
+        ({"forward_args": "mask"}, TypeError, "forward_args must be a tuple"),
+        ({"forward_kwargs": {1: 2}}, TypeError, "forward_kwargs must be a dict"),
+    ],
+    ids=["upsample", "normalize", "forward-args", "forward-kwargs"],
+)
+def test_bad_call_options_are_rejected_before_the_forward(call, exc, match):
+    model = CountingNet(1)
+    with pytest.raises(exc, match=match):
+        ndcam.GradCAM(model, "net.feat")(make_input(1), **call)
+    assert model.calls == 0
+    with pytest.raises(TypeError, match="per_sample must be True or False"):
+        ndcam.GradCAM(model, "net.feat", per_sample="yes")
+
+
 def test_target_out_of_range_names_the_class_count(rank):
     with pytest.raises(ValueError, match=r"out of range for an output with 5 classes \(0..4\)"):
         ndcam.GradCAM(make_net(rank), "feat")(make_input(rank), [0, 7, 1])

@@ -149,3 +149,36 @@ def test_float32_and_float64_models_agree(rank):
     m32 = ndcam.GradCAM(model32, "feat")(x64.float(), 1)
     assert m64.dtype == m32.dtype == torch.float32
     torch.testing.assert_close(m32, m64, atol=1e-4, rtol=1e-3)
+
+
+class LegacyRun(ndcam.GradCAM):
+    """A subclass written against the earlier private signature of ``_run`` (per-call state kept on ``self``)."""
+
+    def _run(self, x, targets, score_fn, class_idx, upsample, normalize):
+        self.seen = []
+        handle = self.model.register_forward_hook(lambda m, i, o: self.seen.append(o.shape[0]))
+        try:
+            return super()._run(x, targets, score_fn, class_idx, upsample, normalize)
+        finally:
+            handle.remove()
+
+
+class LegacyLayerMaps(ndcam.GradCAM):
+    """A subclass with the earlier ``_layer_maps(cap, x, sc, class_idx, score_fn)`` signature."""
+
+    def _layer_maps(self, cap, x, sc, class_idx, score_fn):
+        grads = cap.gradients(sc[:, 0])
+        return [torch.stack([torch.relu(ndcam.ops.weighted_sum(ndcam.ops.spatial_mean(g), a))], 1)
+                for a, g in zip(cap.activations, grads)]
+
+
+def test_subclasses_of_the_earlier_private_signatures_still_work(rank):
+    model, x = make_net(rank), make_input(rank)
+    want = ndcam.GradCAM(model, "feat")(x, [0, 1, 2])
+    legacy = LegacyRun(model, "feat")
+    torch.testing.assert_close(legacy(x, [0, 1, 2]), want)
+    assert legacy.seen == [3]
+    torch.testing.assert_close(LegacyRun(model, "feat", per_sample=True)(x, [0, 1, 2]), want)
+    torch.testing.assert_close(LegacyRun(model, "feat", aug_smooth=True)(x, [0, 1, 2]),
+                               ndcam.GradCAM(model, "feat", aug_smooth=True)(x, [0, 1, 2]))
+    torch.testing.assert_close(LegacyLayerMaps(model, "feat")(x, [0, 1, 2]), want)

@@ -88,6 +88,18 @@ def test_progress_bar_for_long_runs(capsys):
     model, x = make_net(1), make_input(1)
     ndcam.ScoreCAM(model, "feat", batch_size=3, progress=True)(x)
     err = capsys.readouterr().err
-    assert "ScoreCAM [" in err and "8/8" in err
-    ndcam.ScoreCAM(model, "feat", batch_size=3)(x)  # progress=None: a short run stays quiet
+    assert "ScoreCAM" in err and "8/8" in err
+    # stderr is not a terminal here: the bar is drawn at the start and at the end only, not once per forward
+    assert err.count("\r") <= 3
+    ndcam.ScoreCAM(model, "feat", batch_size=3)(x)  # progress=None: a short run (and no terminal) stays quiet
     assert capsys.readouterr().err == ""
+    ndcam.AblationCAM(model, "feat", batch_size=3, progress=False)(x)
+    assert capsys.readouterr().err == ""
+    with pytest.raises(TypeError, match="progress"):
+        ndcam.ScoreCAM(model, "feat", progress="yes")
+
+
+def test_perturbation_classes_say_so():
+    assert ndcam.ScoreCAM.perturbative and ndcam.AblationCAM.perturbative
+    assert not ndcam.GradCAM.perturbative and not ndcam.FullGrad.perturbative
+    assert {n for n in ndcam.methods() if ndcam.get_method(n).perturbative} == {"scorecam", "ablationcam"}

@@ -4,26 +4,48 @@ A method class only says how one captured layer becomes a map: it overrides :met
 ``(N, C)``, the map is their weighted sum of activations) or :meth:`BaseCAM.layer_map` (any ``(N, *S)`` map). The pure
 formulas live as plain functions in the family modules (``gradient.py``, ``activation.py``) and are tested against
 slow loop-based references.
+
+A call runs in this order (:meth:`BaseCAM.explain`):
+
+1. validation of everything that does not need the model's output (input, options, extra inputs, targets) -- bad
+   input is refused before any forward pass;
+2. the model's lock is taken (:func:`ndcam.capture.model_lock`: one call per model at a time, different models in
+   parallel) and its state saved;
+3. a :class:`CallContext` is made -- the per-call state (input, extra inputs, resolved targets, options, the
+   :class:`~ndcam.capture.Capture`, the output and scores) -- and handed to the steps, so method instances hold
+   configuration only and can be shared by threads;
+4. capture forward, scores, checks that the scores can be explained (floating, finite, with a gradient path to the
+   layers), per-layer maps (:meth:`BaseCAM._layer_maps`), fusion, upsampling, normalization;
+5. checks of the result (a non-finite map is an error, a constant map a :class:`~ndcam.ConstantMapWarning`), then
+   the model's state is restored and the lock released, also when something raised.
 """
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import math
-from collections.abc import Callable
+import os
+import sys
+import types
+import warnings
+import weakref
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from .. import ops
-from .._errors import InputError, InputTypeError
-from ..capture import Capture, ModelState
+from .._errors import BatchDependenceWarning, ConstantMapWarning, InputError, InputTypeError, LayerError
+from ..capture import Capture, ModelInputs, ModelState, model_lock
 from ..explanation import Explanation
-from ..layers import LayerSpec, auto_layer, resolve_layers
+from ..layers import LayerSpec, auto_choice, resolve_layers
 from ..smoothing import Augmentations, smooth
-from ..targets import ClassTarget, TargetSpec, _TopClass, as_score_fn
+from ..targets import Targets, TargetSpec, _TopClass, logits_of, resolve_targets
 
-__all__ = ["BaseCAM", "register", "REGISTRY", "range_and_normalize"]
+__all__ = ["BaseCAM", "CallContext", "register", "REGISTRY", "range_and_normalize"]
 
 REGISTRY: dict[str, type[BaseCAM]] = {}
 
@@ -76,22 +98,156 @@ def _check_device(model: nn.Module, x: torch.Tensor) -> None:
         raise InputError(f"x is {x.dtype} but the model's parameters are {dt}; convert with x.to({dt})")
 
 
+@dataclass
+class CallContext:
+    """Everything one call of a method needs, made fresh per call and handed to the steps.
+
+    Method instances hold configuration only (model, layers, options); whatever a call computes lives here, so one
+    instance can serve several threads (calls on one model still run one at a time under its lock).
+
+    Attributes:
+        x: the explained input ``(N, C, *spatial)``, detached, an ordinary (non-inference) tensor.
+        inputs: the extra model inputs (``model(x, *args, **kwargs)``), per-sample tensors sliced/replicated with x.
+        targets: the resolved targets; after the captured forward of a ``targets=None`` call, fixed to the top-1
+            classes of the unperturbed output.
+        upsample, normalize: the call's options.
+        layers: the target layers ``[(name, module), ...]`` (resolved or chosen automatically).
+        reshape: the adapter turning the layers' outputs into ``(N, C, *spatial)`` (or ``None``).
+        cap: the :class:`~ndcam.capture.Capture` of the captured forward (while it runs).
+        output: the model's output of the captured forward.
+        scores: the target scores ``(N, K)`` (K = 1 for one map per sample).
+        saved: what a method keeps for its caller (e.g. Guided Backprop's input gradients).
+    """
+
+    x: torch.Tensor
+    inputs: ModelInputs
+    targets: Targets
+    upsample: bool = True
+    normalize: bool = True
+    layers: list = field(default_factory=list)
+    reshape: Callable | None = None
+    cap: Capture | None = None
+    output: Any = None
+    scores: torch.Tensor | None = None
+    saved: dict = field(default_factory=dict)
+
+    @property
+    def n(self) -> int:
+        """Batch size."""
+        return self.x.shape[0]
+
+    @property
+    def rank(self) -> int:
+        """Spatial rank of the input."""
+        return self.x.ndim - 2
+
+    @property
+    def score_fn(self) -> Callable:
+        """``output -> scores``: the targets' score function."""
+        return self.targets.score_fn
+
+    @property
+    def class_idx(self) -> torch.Tensor | None:
+        """Class indices ``(N,)`` / ``(N, K)`` or ``None`` (callable targets)."""
+        return self.targets.classes
+
+    def model_call(self, model: nn.Module, x: torch.Tensor) -> Any:
+        """``model(x, *extra inputs)`` with the extra per-sample inputs repeated to ``x``'s batch (b groups of N)."""
+        if not self.inputs:
+            return model(x)
+        b = x.shape[0] // self.n
+        return self.inputs.repeat(b).call(model, x)
+
+
+def _bool(value: Any, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise InputTypeError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
+def _batch_statistics_modules(model: nn.Module) -> list[str]:
+    """Modules that normalize with the statistics of the batch even in eval mode (BatchNorm without running stats)."""
+    return [name or type(m).__name__ for name, m in model.named_modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is None]
+
+
+class _Bound(nn.Module):
+    """``model`` with its extra inputs bound, for the automatic layer choice's probe (which calls ``probe(x)``)."""
+
+    def __init__(self, model: nn.Module, inputs: ModelInputs) -> None:
+        super().__init__()
+        self.model = model
+        self._inputs = inputs
+
+    def forward(self, x: torch.Tensor) -> Any:
+        k = x.shape[0]
+        inputs = self._inputs if k == self._inputs.n else self._inputs.take(0, k)
+        return inputs.call(self.model, x)
+
+
+#: automatic choices made with extra inputs, per model: key -> (layer names, reshape)
+_AUTO_WITH_INPUTS: weakref.WeakKeyDictionary[nn.Module, dict] = weakref.WeakKeyDictionary()
+
+
+def _auto_with_inputs(model: nn.Module, x: torch.Tensor, inputs: ModelInputs):
+    key = (tuple(x.shape[1:]), x.dtype, x.device, sum(1 for _ in model.modules()), inputs.signature())
+    cache = _AUTO_WITH_INPUTS.setdefault(model, {})
+    if key not in cache:
+        layers, reshape = auto_choice(_Bound(model, inputs), x)
+        if any(name == "model" for name, _ in layers):
+            raise LayerError(f"the automatic layer choice picked the whole {type(model).__name__}; pass layers=")
+        cache[key] = ([name.split(".", 1)[1] for name, _ in layers], reshape)
+    names, reshape = cache[key]
+    return [(name, model.get_submodule(name)) for name in names], reshape
+
+
 class BaseCAM:
     """Base class of every CAM method.
 
     Args:
-        model: a PyTorch model mapping ``(N, C, *spatial)`` to class scores (or anything a target callable reads).
+        model: a PyTorch model mapping ``(N, C, *spatial)`` (plus any extra inputs, see :meth:`explain`) to class
+            scores in any structure (a tensor, a dict / Hugging Face ``ModelOutput`` with ``logits``, a tuple, a
+            dataclass: see :func:`ndcam.targets.logits_of`), or to anything a target callable reads.
         layers: ``None`` (automatic: the feature map of the last convolution of the input's rank), a dotted module
             name, an ``nn.Module``, or a list of those (their maps are fused: per-layer min-max, mean, min-max).
         reshape: optional callable turning a layer's output into ``(N, C, *spatial)`` (token models).
+        eigen_smooth: replace each layer map by the first principal component of its channel contributions.
+        aug_smooth: average over augmented inputs (``True`` for the rank's defaults, or :class:`ndcam.Augmentations`).
+        per_sample: run the samples of a batch one by one. Needed for models that normalize with the statistics of the
+            batch even in eval mode (``BatchNorm`` with ``track_running_stats=False``): their maps depend on the other
+            samples of the batch, and a :class:`~ndcam.BatchDependenceWarning` says so when ``per_sample`` is off.
 
     Subclasses set ``uses_gradients`` and ``relu`` and override :meth:`weights` or :meth:`layer_map`.
+
+    **Threads.** An instance holds configuration only; every call makes its own :class:`CallContext`. A call holds the
+    model's lock (:func:`ndcam.capture.model_lock`) from start to end, so concurrent calls on one model -- from this
+    instance or any other -- run one after the other and give the maps of sequential calls, and the model is left as
+    it was; calls on different models run in parallel.
+
+    TorchScript modules (``torch.jit.script``/``trace``) are refused: their forward does not run Python forward hooks
+    reliably, so no activation can be captured.
     """
 
     registry_name: ClassVar[str] = ""
     uses_gradients: ClassVar[bool] = True
     input_gradient: ClassVar[bool] = False
     relu: ClassVar[bool] = True
+    #: whether the method runs perturbed forward passes (Score-CAM, Ablation-CAM): the CLI shows progress for these
+    perturbative: ClassVar[bool] = False
+    #: set for subclasses whose ``_layer_maps`` still has the earlier signature ``(cap, x, sc, class_idx, score_fn)``
+    _legacy_layer_maps: ClassVar[bool] = False
+    #: set for subclasses whose ``_run`` override still has the earlier signature
+    #: ``(x, targets, score_fn, class_idx, upsample, normalize)`` (and calls ``super()._run`` with it)
+    _legacy_run: ClassVar[bool] = False
+    #: the context of the running call while a legacy ``_run`` override runs (safe: the model's lock is held)
+    _legacy_ctx: CallContext | None = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for name, count, flag in (("_layer_maps", 6, "_legacy_layer_maps"), ("_run", 7, "_legacy_run")):
+            if name in cls.__dict__:
+                params = list(inspect.signature(cls.__dict__[name]).parameters)
+                setattr(cls, flag, len(params) == count)
 
     def __init__(
         self,
@@ -101,7 +257,16 @@ class BaseCAM:
         reshape: Callable | None = None,
         eigen_smooth: bool = False,
         aug_smooth: bool | Augmentations = False,
+        per_sample: bool = False,
     ) -> None:
+        if isinstance(model, torch.jit.ScriptModule):
+            raise InputTypeError(
+                f"{type(model).__name__} is a TorchScript module (torch.jit.script/trace/load): TorchScript modules "
+                f"cannot take forward hooks reliably (their compiled forward does not call Python hooks), so ndcam cannot "
+                f"read activations from them; explain the original Python nn.Module (the eager model: build its class "
+                f"and load_state_dict the weights), or export it with torch.export.export(model, (x,)) and load the "
+                f"archive with ndcam.io.load_model('model.pt2')"
+            )
         if not isinstance(model, nn.Module):
             raise InputTypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if reshape is not None and not callable(reshape):
@@ -112,6 +277,7 @@ class BaseCAM:
         self.reshape = reshape
         self.eigen_smooth = bool(eigen_smooth)
         self.aug_smooth = aug_smooth
+        self.per_sample = _bool(per_sample, "per_sample")
         self._layers = None if layers is None else resolve_layers(model, layers)
 
     # -- context manager: nothing is attached between calls, so exit has only to make sure of that -------------
@@ -146,75 +312,185 @@ class BaseCAM:
 
     # -- public entry points --------------------------------------------------------------------------------------
     def __call__(
-        self, x: torch.Tensor, targets: TargetSpec = None, *, upsample: bool = True, normalize: bool = True
+        self,
+        x: torch.Tensor,
+        targets: TargetSpec = None,
+        *,
+        upsample: bool = True,
+        normalize: bool = True,
+        forward_args: tuple = (),
+        forward_kwargs: Mapping[str, Any] | None = None,
     ) -> torch.Tensor:
         """Maps ``(N, *spatial)``, or ``(N, K, *spatial)`` for K targets per sample, float32 on ``x``'s device.
 
         Args:
-            x: input ``(N, C, *spatial)``.
+            x: input ``(N, C, *spatial)``: the tensor explained.
             targets: see :mod:`ndcam.targets` (None = top-1 class).
             upsample: resize maps to ``x``'s spatial size (linear/bilinear/trilinear); ``False`` keeps the layer's.
             normalize: min-max each map to ``[0, 1]`` (constant maps become 0); ``False`` returns raw maps.
+            forward_args: extra positional inputs of the model, passed after ``x``: ``model(x, *forward_args,
+                **forward_kwargs)``. Tensors whose first axis has length N are per-sample: replicated with the
+                perturbation methods' batches, sliced with ``per_sample=True``.
+            forward_kwargs: extra keyword inputs of the model (e.g. ``{"attention_mask": m}``), same rules.
         """
-        return self.explain(x, targets, upsample=upsample, normalize=normalize).maps
+        return self.explain(x, targets, upsample=upsample, normalize=normalize, forward_args=forward_args,
+                            forward_kwargs=forward_kwargs).maps
 
     def explain(
-        self, x: torch.Tensor, targets: TargetSpec = None, *, upsample: bool = True, normalize: bool = True
+        self,
+        x: torch.Tensor,
+        targets: TargetSpec = None,
+        *,
+        upsample: bool = True,
+        normalize: bool = True,
+        forward_args: tuple = (),
+        forward_kwargs: Mapping[str, Any] | None = None,
     ) -> Explanation:
-        """Like :meth:`__call__`, but returns an :class:`~ndcam.Explanation` with scores, targets and raw ranges."""
+        """Like :meth:`__call__`, but returns an :class:`~ndcam.Explanation` with scores, targets and raw ranges.
+
+        Raises:
+            InputError / InputTypeError: bad input, options or targets (before any forward pass); class index out of
+                range, NaN/inf or non-floating scores (after the forward, before any backward); a map with NaN/inf.
+            LayerError: a layer that does not run, gives no ``(N, C, *spatial)`` output, or that the backward from the
+                scores never reaches (a ``.detach()`` or reentrant checkpointing in the model).
+            ForwardError: the model's own forward failed on the input.
+
+        Warns:
+            ConstantMapWarning: a map came out constant (all zero after normalization).
+            BatchDependenceWarning: the model normalizes with batch statistics in eval mode and ``per_sample`` is off.
+        """
+        return self._explain(x, targets, upsample=upsample, normalize=normalize, forward_args=forward_args,
+                             forward_kwargs=forward_kwargs)[0]
+
+    def _explain(self, x, targets, *, upsample=True, normalize=True, forward_args=(), forward_kwargs=None,
+                 save: tuple[str, ...] = ()) -> tuple[Explanation, dict]:
+        """:meth:`explain` plus what the method saved for its caller (``ctx.saved``, merged over per-sample runs)."""
         _check_input(x)
         _check_device(self.model, x)
         _check_finite(x)
+        upsample, normalize = _bool(upsample, "upsample"), _bool(normalize, "normalize")
+        n = x.shape[0]
+        inputs = ModelInputs.make(forward_args, forward_kwargs, n)
         self.check_targets(targets)
-        score_fn, class_idx, _ = as_score_fn(targets, x.shape[0], x.device)
-        state = ModelState.save(self.model)
-        inference = torch.is_inference_mode_enabled()
-        try:
-            with torch.inference_mode(False) if inference else _Null():
-                if self.aug_smooth:
-                    return self._run_smoothed(x.detach(), targets, score_fn, class_idx, normalize)
-                return self._run(x.detach(), targets, score_fn, class_idx, upsample, normalize)
-        finally:
-            state.restore()
+        with torch.inference_mode(False):  # class-index tensors made here must be usable by autograd
+            resolved = resolve_targets(targets, n, x.device)
+        with model_lock(self.model):
+            state = ModelState.save(self.model)
+            try:
+                with torch.inference_mode(False) if torch.is_inference_mode_enabled() else contextlib.nullcontext():
+                    x = x.detach()
+                    if x.is_inference():  # made under torch.inference_mode(): autograd cannot use it as it is
+                        x = x.clone()
+                    ctx = CallContext(x, inputs.normal(), resolved, upsample, normalize,
+                                      saved={k: [] for k in save})
+                    if self.per_sample and n > 1:
+                        exp = self._run_per_sample(ctx)
+                    else:
+                        if n > 1 and state.batch_statistics:
+                            _warn_batch_dependence(self.model)
+                        exp = self._run_smoothed(ctx) if self.aug_smooth else self._run_call(ctx)
+                _check_result(exp, self)
+                return exp, ctx.saved
+            finally:
+                state.restore()
 
-    def _run_smoothed(self, x, targets, score_fn, class_idx, normalize: bool) -> Explanation:
+    def _run_per_sample(self, ctx: CallContext) -> Explanation:
+        """``per_sample=True``: one call per sample, results concatenated (batch == per-sample calls)."""
+        parts, saved = [], []
+        for i in range(ctx.n):
+            sub = replace(ctx, x=ctx.x[i : i + 1], inputs=ctx.inputs.take(i, i + 1), targets=ctx.targets.take(i, i + 1),
+                          saved={k: [] for k in ctx.saved})
+            parts.append(self._run_smoothed(sub) if self.aug_smooth else self._run_call(sub))
+            saved.append(sub.saved)
+        for key in ctx.saved:  # each entry: one tensor per target, batch axis first
+            ctx.saved[key] = [torch.cat(items, dim=0) for items in zip(*(s[key] for s in saved))]
+        cat = lambda ts: torch.cat(ts, dim=0)  # noqa: E731
+        first = parts[0]
+        if len({p.maps.shape[1:] for p in parts}) > 1:
+            raise InputError(
+                f"per_sample=True: the target callable gave a different number of scores per sample "
+                f"({sorted({p.scores.shape[1] if p.scores.ndim == 2 else 1 for p in parts})}); return the same K for "
+                f"every sample (e.g. MultiLabel(labels=[...]) instead of a threshold)"
+            )
+        return Explanation(
+            maps=cat([p.maps for p in parts]),
+            scores=cat([p.scores for p in parts]),
+            targets=None if first.targets is None else cat([p.targets for p in parts]),
+            layers=first.layers,
+            method=first.method,
+            raw_min=cat([p.raw_min for p in parts]),
+            raw_max=cat([p.raw_max for p in parts]),
+            input_shape=tuple(ctx.x.shape),
+        )
+
+    def _run_smoothed(self, ctx: CallContext) -> Explanation:
         """Augmentation smoothing (see :mod:`ndcam.smoothing`): maps at the input's resolution."""
+        x = ctx.x
         aug = self.aug_smooth if isinstance(self.aug_smooth, Augmentations) else Augmentations.default(x.ndim - 2, x.shape[2:])
         aug.validate(x.ndim - 2)
-        first = self._run(x, targets, score_fn, class_idx, True, False)
-        if targets is None:  # fix the classes on the original input
-            targets = first.targets
-            score_fn, class_idx, _ = as_score_fn(targets, x.shape[0], x.device)
-        raw = smooth(lambda xt: self._run(xt, targets, score_fn, class_idx, True, False).maps, x, aug,
-                     k_axis=first.scores.ndim == 2)
-        maps, lo, hi = range_and_normalize(raw, 2 if first.scores.ndim == 2 else 1, normalize)
+        first = self._run_call(replace(ctx, upsample=True, normalize=False))
+        targets = ctx.targets if first.targets is None or not ctx.targets.top1 else ctx.targets.fixed(first.targets)
+        raw = smooth(lambda xt: self._run_call(replace(ctx, x=xt, targets=targets, upsample=True, normalize=False)).maps,
+                     x, aug, k_axis=first.scores.ndim == 2)
+        maps, lo, hi = range_and_normalize(raw, 2 if first.scores.ndim == 2 else 1, ctx.normalize)
         first.maps, first.raw_min, first.raw_max = maps.float(), lo.float(), hi.float()
         return first
 
     # -- orchestration --------------------------------------------------------------------------------------------
-    def _run(self, x, targets, score_fn, class_idx, upsample: bool, normalize: bool) -> Explanation:
-        rank = x.ndim - 2
-        layers = self._layers if self._layers is not None else self._default_layers(x)
-        with Capture(self.model, layers, rank, grads=self.uses_gradients, reshape=self.reshape,
-                     input_grad=self.input_gradient) as cap:
-            output = cap.forward(x)
-            scores = score_fn(output)
-            scores = self._check_scores(scores, x.shape[0])
-            if targets is None:
-                class_idx = _TopClass.indices(output)
-                score_fn = ClassTarget(class_idx)  # the top-1 class of the *unperturbed* output, from now on
-            multi = scores.ndim == 2
-            sc = scores if multi else scores[:, None]
-            names = list(cap.names)
-            per_layer = self._layer_maps(cap, x, sc, class_idx, score_fn)
-            cap.clear()
-        maps, lo, hi = self._fuse(per_layer, x, upsample, normalize)
+    def _forward_context(self, ctx: CallContext) -> contextlib.AbstractContextManager:
+        """What the captured forward runs inside (Guided Backprop: its guided ReLU hooks). Default: nothing."""
+        return contextlib.nullcontext()
+
+    def _run_call(self, ctx: CallContext) -> Explanation:
+        """One captured forward and its maps: :meth:`_run`, or a legacy ``_run`` override with the earlier arguments."""
+        if not self._legacy_run:
+            return self._run(ctx)
+        outer, self._legacy_ctx = self._legacy_ctx, ctx
+        try:
+            return self._run(ctx.x, ctx.targets.spec, ctx.score_fn, ctx.class_idx, ctx.upsample,  # type: ignore[call-arg]
+                             ctx.normalize)
+        finally:
+            self._legacy_ctx = outer
+
+    def _run(self, ctx: CallContext, *legacy: Any) -> Explanation:
+        """Capture, score, per-layer maps, fusion. (``legacy``: the earlier signature's remaining arguments, when a
+        subclass override calls ``super()._run(x, targets, score_fn, class_idx, upsample, normalize)``.)
+        """
+        if not isinstance(ctx, CallContext):
+            if self._legacy_ctx is None:
+                raise TypeError("BaseCAM._run takes a CallContext")
+            upsample, normalize = legacy[3], legacy[4]
+            ctx = replace(self._legacy_ctx, x=ctx, upsample=upsample, normalize=normalize)
+        x = ctx.x
+        ctx.layers, ctx.reshape = self._layers_for(ctx)
+        with self._forward_context(ctx), Capture(self.model, ctx.layers, ctx.rank, grads=self.uses_gradients,
+                                                 reshape=ctx.reshape, input_grad=self.input_gradient) as cap:
+            ctx.cap = cap
+            try:
+                output = ctx.output = cap.forward(x, ctx.inputs)
+                scores = self._check_scores(ctx.score_fn(output), ctx.n)
+                if self.uses_gradients or self.input_gradient:
+                    _check_differentiable(scores, output, cap.names)
+                if ctx.targets.top1:
+                    # the top-1 class of the *unperturbed* output, from now on
+                    ctx.targets = ctx.targets.fixed(_TopClass.indices(output))
+                multi = scores.ndim == 2
+                ctx.scores = scores if multi else scores[:, None]
+                names = list(cap.names)
+                if self._legacy_layer_maps:
+                    per_layer = self._layer_maps(cap, x, ctx.scores, ctx.class_idx, ctx.score_fn)  # type: ignore[call-arg,arg-type]
+                else:
+                    per_layer = self._layer_maps(ctx)
+            finally:
+                cap.clear()
+                ctx.cap = ctx.output = None
+        maps, lo, hi = self._fuse(per_layer, x, ctx.upsample, ctx.normalize)
         if not multi:
             maps, lo, hi = maps[:, 0], lo[:, 0], hi[:, 0]
         return Explanation(
             maps=maps.float(),
             scores=scores.detach().float(),
-            targets=class_idx,
+            targets=ctx.class_idx,
             layers=_unique(names),
             method=self.registry_name or type(self).__name__,
             raw_min=lo.float(),
@@ -222,13 +498,29 @@ class BaseCAM:
             input_shape=tuple(x.shape),
         )
 
-    def _default_layers(self, x: torch.Tensor) -> list[tuple[str, nn.Module]]:
-        """Layers used when ``layers=None``: the automatic choice."""
-        return [auto_layer(self.model, x)]
+    def _layers_for(self, ctx: CallContext) -> tuple[list[tuple[str, nn.Module]], Callable | None]:
+        """The call's target layers and reshape: the given ones, a method's own default, or the automatic choice."""
+        if self._layers is not None:
+            return self._layers, self.reshape
+        if type(self)._default_layers is not BaseCAM._default_layers:  # FullGrad, Guided Backprop
+            return self._default_layers(ctx.x), self.reshape
+        if ctx.inputs:
+            layers, reshape = _auto_with_inputs(self.model, ctx.x, ctx.inputs)
+        else:
+            layers, reshape = auto_choice(self.model, ctx.x)
+        return layers, self.reshape if self.reshape is not None else reshape
 
-    def _layer_maps(self, cap: Capture, x: torch.Tensor, sc: torch.Tensor, class_idx: torch.Tensor | None,
-                    score_fn: Callable) -> list[torch.Tensor]:
-        """Raw maps ``(N, K, *S_l)``, one per captured layer call, for the K target scores ``sc`` ``(N, K)``."""
+    def _default_layers(self, x: torch.Tensor) -> list[tuple[str, nn.Module]]:
+        """Layers used when ``layers=None``: the automatic choice (methods may override)."""
+        return auto_choice(self.model, x)[0]
+
+    def _layer_maps(self, ctx: CallContext) -> list[torch.Tensor]:
+        """Raw maps ``(N, K, *S_l)``, one per captured layer call, for the K target scores ``ctx.scores`` ``(N, K)``.
+
+        (Subclasses written for the earlier signature ``_layer_maps(cap, x, sc, class_idx, score_fn)`` still work.)
+        """
+        cap, sc, class_idx = ctx.cap, ctx.scores, ctx.class_idx
+        assert cap is not None and sc is not None, "_layer_maps runs inside the captured forward"
         acts = cap.activations
         per_layer: list[list[torch.Tensor]] = [[] for _ in acts]
         k_total = sc.shape[1]
@@ -275,11 +567,89 @@ class BaseCAM:
                 f"target scores must have shape (N,) or (N, K) with N={n}, got {tuple(scores.shape)}; a target callable "
                 f"must return one score per sample (or K per sample)"
             )
+        if not scores.is_floating_point():
+            raise InputTypeError(
+                f"the target scores are {scores.dtype}, not floating: a score made of class decisions (argmax, "
+                f"comparisons, .long()) has no gradient and does not change with the input; return the logit or "
+                f"probability itself, e.g. lambda out: out[:, 3] instead of out.argmax(1) == 3"
+            )
         if scores.ndim == 2 and scores.shape[1] == 0:
             raise InputError("targets give K=0 scores per sample; ask for at least one target")
         if not bool(torch.isfinite(scores).all()):
             raise InputError("the model's target scores contain NaN/inf; check the model and input (no map can be made)")
         return scores
+
+
+def _check_differentiable(scores: torch.Tensor, output: Any, names: list[str]) -> None:
+    """Gradient methods: the scores must hang from the graph that starts at the captured layers (or the input)."""
+    if scores.requires_grad:
+        return
+    try:
+        out_grad = logits_of(output).requires_grad
+    except (InputTypeError, AttributeError):
+        out_grad = None
+    where = f"the target layer(s) {_unique(names)}" if names else "the input"
+    if out_grad:
+        raise InputError(
+            "the target scores carry no gradient although the model's output does: the target callable detached them "
+            "(.detach(), .item(), torch.tensor(...), .numpy(), or computed under torch.no_grad()); return a tensor "
+            "computed from the output with differentiable operations"
+        )
+    raise LayerError(
+        f"the target scores carry no gradient: the backward pass from them cannot reach {where}. The model cuts the "
+        f"graph after the layer -- a .detach() or torch.no_grad() in its forward, or reentrant gradient checkpointing "
+        f"(torch.utils.checkpoint.checkpoint(..., use_reentrant=True)) around the layer; use use_reentrant=False, "
+        f"or choose a layer after the cut (ndcam.list_layers(model, x) lists the candidates)"
+    )
+
+
+_NDCAM_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _stacklevel() -> int:
+    """Stack level of the first frame outside ndcam, so a warning points at the caller's line."""
+    root = _NDCAM_ROOT
+    frame: types.FrameType | None = sys._getframe(1)
+    level = 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(root + os.sep):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+def _warn_batch_dependence(model: nn.Module) -> None:
+    mods = _batch_statistics_modules(model)
+    if mods:
+        shown = ", ".join(repr(m) for m in mods[:4]) + (f" and {len(mods) - 4} more" if len(mods) > 4 else "")
+        warnings.warn(
+            f"{type(model).__name__} normalizes with the statistics of the batch even in eval mode ({shown}: "
+            f"BatchNorm with track_running_stats=False), so each sample's map depends on the other samples of the "
+            f"batch; pass per_sample=True to the method to explain the samples one by one",
+            BatchDependenceWarning,
+            stacklevel=_stacklevel(),
+        )
+
+
+def _check_result(exp: Explanation, method: BaseCAM) -> None:
+    """A non-finite map is an error; a constant map gets a :class:`~ndcam.ConstantMapWarning`."""
+    lo, hi = exp.raw_min, exp.raw_max
+    if not bool(torch.isfinite(lo).all() and torch.isfinite(hi).all()):
+        bad = int((~(torch.isfinite(lo) & torch.isfinite(hi))).sum())
+        raise InputError(
+            f"{type(method).__name__} produced {bad} map(s) with NaN/inf values: the weights overflowed (very large "
+            f"activations, gradients or scores, or a float16/bfloat16 model); try the model in float32/float64, a "
+            f"layer nearer the input, or targets on a smaller scale (logits rather than exponentiated scores)"
+        )
+    constant = ops.constant_maps(lo, hi)
+    if bool(constant.any()):
+        k, total = int(constant.sum()), constant.numel()
+        msg = (
+            f"{type(method).__name__}: {k} of {total} map(s) came out constant (all zero after normalization), so "
+            f"they show nothing. This happens when every channel weight is negative and the ReLU removes the map, "
+            f"when the target score does not depend on the layer's spatial content, or when the input is constant. "
+            f"Try normalize=False to see the raw map, another target or layer, or a method without ReLU (HiResCAM)"
+        )
+        exp.warnings.append(msg)
+        warnings.warn(msg, ConstantMapWarning, stacklevel=_stacklevel())
 
 
 def range_and_normalize(raw: torch.Tensor, batch_dims: int, normalize: bool):
@@ -293,11 +663,3 @@ def range_and_normalize(raw: torch.Tensor, batch_dims: int, normalize: bool):
 
 def _unique(names: list[str]) -> list[str]:
     return list(dict.fromkeys(names))
-
-
-class _Null:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> bool:
-        return False

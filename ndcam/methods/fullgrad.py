@@ -55,7 +55,8 @@ def effective_bias(module: nn.Module) -> torch.Tensor | None:
 
 
 def modules_that_ran(model: nn.Module, x: torch.Tensor, modules: list[nn.Module]) -> set[nn.Module]:
-    """Which of ``modules`` run in an eval-mode, no-grad forward of ``x`` (one sample is enough): branches that eval
+    """Which of ``modules`` run in an eval-mode, no-grad forward of ``x[:1]`` (all of ``x`` for models that take only
+    their own batch size): branches that eval
     never runs (Inception's auxiliary head, training-only heads, unused modules) are left out. The model's training
     flags are restored and no BatchNorm statistic changes (eval mode).
     """
@@ -66,9 +67,15 @@ def modules_that_ran(model: nn.Module, x: torch.Tensor, modules: list[nn.Module]
         model.eval()
         with torch.no_grad():
             try:
-                model(x)
+                model(x[:1])
             except Exception as e:
-                raise forward_failed(model, x, e) from e
+                if x.shape[0] == 1:
+                    raise forward_failed(model, x, e) from e
+                ran.clear()
+                try:
+                    model(x)  # a model that takes only its own batch size (a static-shape export)
+                except Exception as e2:
+                    raise forward_failed(model, x, e2) from e2
     finally:
         for h in handles:
             h.remove()
@@ -92,7 +99,7 @@ class FullGrad(BaseCAM):
         kinds = tuple(k for k in (CONV.get(rank), BATCHNORM.get(rank)) if k is not None)
         candidates = [(n, m) for n, m in self.model.named_modules() if n and isinstance(m, kinds)
                       and effective_bias(m) is not None]
-        layers = modules_that_ran(self.model, x[:1], [m for _, m in candidates])
+        layers = modules_that_ran(self.model, x, [m for _, m in candidates])
         layers = [(n, m) for n, m in candidates if m in layers]
         if not layers:
             raise LayerError(

@@ -15,6 +15,8 @@ returns, also when it raises.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 
@@ -60,35 +62,35 @@ class GuidedBackprop(BaseCAM):
     def _default_layers(self, x):
         return []
 
-    def _run(self, x, targets, score_fn, class_idx, upsample, normalize):
+    @contextlib.contextmanager
+    def _forward_context(self, ctx):
         handles = [m.register_forward_hook(_hook) for m in self.model.modules() if isinstance(m, nn.ReLU)]
         try:
-            return super()._run(x, targets, score_fn, class_idx, upsample, normalize)
+            yield
         finally:
             for h in handles:
                 h.remove()
 
-    def _layer_maps(self, cap, x, sc, class_idx, score_fn):
+    def _layer_maps(self, ctx):
+        cap, sc = ctx.cap, ctx.scores
+        store = ctx.saved.get("guided")
         maps = []
         k_total = sc.shape[1]
         for k in range(k_total):
             g_in, _ = cap.input_and_layer_gradients(sc[:, k], retain_graph=k < k_total - 1)
-            if self._store is not None:
-                self._store.append(g_in.detach())
+            if store is not None:
+                store.append(g_in.detach())
             maps.append(ops.wide(g_in).abs().sum(1))
         return [torch.stack(maps, dim=1)]
 
-    _store: list | None = None
+    def guided_gradients(self, x: torch.Tensor, targets=None, **call) -> torch.Tensor:
+        """The guided gradient itself: ``(N, C, *spatial)``, or ``(N, K, C, *spatial)`` for K targets per sample.
 
-    def guided_gradients(self, x: torch.Tensor, targets=None) -> torch.Tensor:
-        """The guided gradient itself: ``(N, C, *spatial)``, or ``(N, K, C, *spatial)`` for K targets per sample."""
-        self._store = []
-        try:
-            exp = self.explain(x, targets, normalize=False)
-            grads = torch.stack(self._store, dim=1)
-            return grads if exp.scores.ndim == 2 else grads[:, 0]
-        finally:
-            self._store = None
+        ``call``: ``forward_args`` / ``forward_kwargs`` as for :meth:`explain`.
+        """
+        exp, saved = self._explain(x, targets, normalize=False, save=("guided",), **call)
+        grads = torch.stack(saved["guided"], dim=1)
+        return grads if exp.scores.ndim == 2 else grads[:, 0]
 
 
 @register("guidedgradcam", "guided-gradcam")
@@ -100,10 +102,11 @@ class GuidedGradCAM(BaseCAM):
     ``normalize=False`` a raw product beyond float32's range (~3e38) is returned as inf.
     """
 
-    def explain(self, x, targets=None, *, upsample=True, normalize=True):
-        guided = GuidedBackprop(self.model).explain(x, targets, normalize=False)
+    def explain(self, x, targets=None, *, upsample=True, normalize=True, **call):
+        guided = GuidedBackprop(self.model, per_sample=self.per_sample).explain(x, targets, normalize=False, **call)
         layers = None if self._layers is None else [m for _, m in self._layers]
-        cam = GradCAM(self.model, layers, reshape=self.reshape).explain(x, targets, normalize=False)
+        cam = GradCAM(self.model, layers, reshape=self.reshape, per_sample=self.per_sample).explain(
+            x, targets, normalize=False, **call)
         # the product in float64: two float32 factors cannot overflow or underflow there (~1e77 / 1e-90), so the
         # normalized map stays finite and exact for huge or tiny magnitudes (in float32 it became inf * 0 = NaN)
         raw = guided.maps.double() * cam.maps.double()

@@ -2,28 +2,36 @@ r"""Perturbation methods: Score-CAM and Ablation-CAM, batched, chunked, any rank
 
 Both need many extra forward passes -- one per (sample, channel) -- so they run them in large batches
 (``batch_size`` inputs per forward), never hold all perturbed inputs at once (a 3D volume with hundreds of channels
-is processed chunk by chunk), and show a progress bar on stderr for long runs (``progress=None``: once a run has
-taken 2 seconds; ``True``/``False`` to force).
+is processed chunk by chunk), and show a :mod:`tqdm` progress bar on stderr for long runs (``progress=None``: on a
+terminal, once a run has taken 2 seconds; ``True`` always -- rarely updated when stderr is not a terminal, so logs get
+no carriage-return spam --; ``False`` never).
 
 Perturbed batches are laid out *channel-major*: a batch holds the N samples for channels ``c0 .. c0+b-1``, so any
 target (class indices, or a callable written for an N-sample output) is applied to N-sample slices of the output
-exactly as in an ordinary call.
+(:func:`ndcam.capture.slice_batch`: tensors, dicts, ``ModelOutput``, tuples, dataclasses) exactly as in an ordinary
+call, and the model's extra per-sample inputs are repeated with the batch.
+
+**Fixed-batch models** (static-shape exports, models holding per-sample side data): when the first perturbed forward of
+``b * N`` inputs fails, the call falls back to forwards of exactly N inputs (the batch size the model just accepted)
+and goes on; ``batch_size=N`` asks for that from the start.
 """
 
 from __future__ import annotations
 
 import sys
-import time
-from collections.abc import Iterator
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
+from tqdm import tqdm  # type: ignore[import-untyped]
 
 from .. import ops
-from .._errors import InputError, LayerError
-from .base import BaseCAM, register
+from .._errors import InputError, InputTypeError, LayerError, NdcamError, forward_failed
+from ..capture import slice_batch
+from .base import BaseCAM, CallContext, register
 
-__all__ = ["scorecam_weights", "ablationcam_weights", "ScoreCAM", "AblationCAM"]
+__all__ = ["scorecam_weights", "ablationcam_weights", "ScoreCAM", "AblationCAM", "LayerSite"]
 
 
 def scorecam_weights(masked_scores: torch.Tensor) -> torch.Tensor:
@@ -55,25 +63,21 @@ def ablationcam_weights(scores: torch.Tensor, ablated_scores: torch.Tensor, eps:
     return (scores[:, None] - ablated_scores) / denom
 
 
-class _Progress:
-    """Minimal progress bar on stderr (no dependency). ``enabled=None``: shown once a run has taken 2 seconds."""
+def _progress_bar(total: int, label: str, progress: bool | None) -> tqdm:
+    """A tqdm bar over ``total`` channels. ``None``: only on a terminal and once 2 s have passed; ``True``: always
+    (every 30 s when stderr is not a terminal); ``False``: never.
+    """
+    tty = hasattr(sys.stderr, "isatty") and sys.stderr.isatty()
+    if progress is False:
+        return tqdm(total=total, disable=True)
+    if progress is None:
+        return tqdm(total=total, desc=label, unit="ch", disable=not tty, delay=2.0, leave=False, file=sys.stderr)
+    return tqdm(total=total, desc=label, unit="ch", file=sys.stderr, mininterval=0.1 if tty else 30.0,
+                dynamic_ncols=tty)
 
-    def __init__(self, total: int, label: str, enabled: bool | None) -> None:
-        self.total, self.label, self.done = total, label, 0
-        self.enabled = enabled
-        self.start = time.perf_counter()
 
-    def step(self) -> None:
-        self.done += 1
-        if self.enabled is None and self.done < self.total and time.perf_counter() - self.start > 2.0:
-            self.enabled = True
-        if self.enabled:
-            width = 30
-            filled = int(width * self.done / self.total)
-            sys.stderr.write(f"\r{self.label} [{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total}")
-            if self.done == self.total:
-                sys.stderr.write("\n")
-            sys.stderr.flush()
+class _ModelFailed(Exception):
+    """The model's own forward raised on a perturbed batch (the original exception is the cause)."""
 
 
 def unit_masks(maps: torch.Tensor, size) -> torch.Tensor:
@@ -90,38 +94,53 @@ def unit_masks(maps: torch.Tensor, size) -> torch.Tensor:
     return ops.upsample((maps - lo.reshape(shape)) * scale.reshape(shape), size)
 
 
-def _channel_blocks(channels: int, n: int, batch_size: int) -> Iterator[tuple[int, int]]:
-    per = max(1, batch_size // n)
-    for c0 in range(0, channels, per):
-        yield c0, min(channels, c0 + per)
-
-
 def _check_batch_size(batch_size: int) -> int:
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise InputError(f"batch_size must be a positive int (inputs per forward pass), got {batch_size!r}")
     return batch_size
 
 
+@dataclass
+class LayerSite:
+    """One captured target layer during a perturbation call: its name and module, its raw output (as the model
+    produced it, detached) and its activation ``(N, C, *S)`` (after ``reshape``).
+    """
+
+    name: str
+    module: nn.Module
+    raw: torch.Tensor
+    activation: torch.Tensor
+
+
 class _PerturbationCAM(BaseCAM):
-    """Shared machinery: one captured forward, then batched perturbed forwards scored by the same target."""
+    """Shared machinery: one captured forward, then batched perturbed forwards scored by the same target.
+
+    Subclasses define :meth:`perturbed_scores` (with :meth:`_run_blocks` doing the batching, the fixed-batch fallback
+    and the progress bar) and :meth:`weights_from`. Nothing of a call is stored on the instance.
+    """
 
     uses_gradients = False
+    perturbative = True
 
     def __init__(self, model: nn.Module, layers=None, *, batch_size: int = 64, progress: bool | None = None,
                  **options) -> None:
         super().__init__(model, layers, **options)
         self.batch_size = _check_batch_size(batch_size)
+        if progress is not None and not isinstance(progress, bool):
+            raise InputTypeError(f"progress must be None (only long runs), True or False, got {progress!r}")
         self.progress = progress
 
-    def perturbed_scores(self, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-        """Target scores ``(N, C[, K])`` of the perturbed forwards for activation ``a`` ``(N, C, *S)``."""
+    def perturbed_scores(self, ctx: CallContext, site: LayerSite) -> torch.Tensor:
+        """Target scores ``(N, C[, K])`` of the perturbed forwards for the layer ``site``."""
         raise NotImplementedError
 
     def weights_from(self, scores: torch.Tensor, base_scores: torch.Tensor) -> torch.Tensor:
         """Channel weights ``(N, C)`` from perturbed scores ``(N, C)`` and unperturbed scores ``(N,)``."""
         raise NotImplementedError
 
-    def _layer_maps(self, cap, x, sc, class_idx, score_fn):
+    def _layer_maps(self, ctx: CallContext) -> list[torch.Tensor]:
+        cap, sc = ctx.cap, ctx.scores
+        assert cap is not None and sc is not None, "_layer_maps runs inside the captured forward"
         names = list(cap.names)
         if len(names) != len(set(names)):
             raise LayerError(
@@ -131,31 +150,59 @@ class _PerturbationCAM(BaseCAM):
         modules = dict(cap.layers)
         raws, acts = cap.raw_outputs, cap.activations
         cap.remove_hooks()  # the perturbed forwards must not be recorded
-        self._score_fn = score_fn
         out = []
-        try:
-            for name, raw, a in zip(names, raws, acts):
-                self._current_layer, self._current_raw = modules[name], raw
-                scores = self.perturbed_scores(x, a)
-                scores = scores if scores.ndim == 3 else scores[..., None]
-                maps, a = [], ops.wide(a)  # weights and maps in float32 or wider, whatever the model's dtype
-                for k in range(sc.shape[1]):
-                    w = self.weights_from(ops.wide(scores[..., k]), ops.wide(sc[:, k])).to(a.dtype)
-                    if self.eigen_smooth:
-                        m = ops.first_principal_component(w.reshape(w.shape + (1,) * (a.ndim - 2)) * a)
-                    else:
-                        m = ops.weighted_sum(w, a)
-                    maps.append(torch.relu(m) if self.relu else m)
-                out.append(torch.stack(maps, dim=1))
-        finally:
-            self._score_fn = self._current_layer = self._current_raw = None
+        for name, raw, a in zip(names, raws, acts):
+            scores = self.perturbed_scores(ctx, LayerSite(name, modules[name], raw, a))
+            scores = scores if scores.ndim == 3 else scores[..., None]
+            maps, a = [], ops.wide(a)  # weights and maps in float32 or wider, whatever the model's dtype
+            for k in range(sc.shape[1]):
+                w = self.weights_from(ops.wide(scores[..., k]), ops.wide(sc[:, k])).to(a.dtype)
+                if self.eigen_smooth:
+                    m = ops.first_principal_component(w.reshape(w.shape + (1,) * (a.ndim - 2)) * a)
+                else:
+                    m = ops.weighted_sum(w, a)
+                maps.append(torch.relu(m) if self.relu else m)
+            out.append(torch.stack(maps, dim=1))
         return out
 
-    def _scores_of(self, batch: torch.Tensor, n: int) -> torch.Tensor:
-        """Forward a channel-major perturbed batch ``(b * n, ...)``; target scores ``(n, b)`` or ``(n, b, K)``."""
-        output = self.model(batch)
-        b = output.shape[0] // n
-        parts = [self._check_scores(self._score_fn(output[i * n : (i + 1) * n]), n) for i in range(b)]
+    def _run_blocks(self, ctx: CallContext, channels: int, run_block: Callable[[int, int], torch.Tensor]) -> torch.Tensor:
+        """Scores ``(N, channels[, K])`` from ``run_block(c0, c1)`` over channel blocks of ``batch_size // N``.
+
+        When the model refuses the first batch of ``b * N`` inputs (``b > 1``), the blocks shrink to one channel --
+        forwards of exactly N inputs, the batch size the captured forward used -- for the rest of the call.
+        """
+        n = ctx.n
+        per = max(1, ops.bounded_batch(self.batch_size, ctx.x[0].numel()) // n)
+        out: list[torch.Tensor] = []
+        c0, first = 0, True
+        with _progress_bar(channels, type(self).__name__, self.progress) as bar:
+            while c0 < channels:
+                c1 = min(channels, c0 + per)
+                try:
+                    out.append(run_block(c0, c1))
+                except _ModelFailed as failed:
+                    err = failed.__cause__ or failed
+                    if not first or c1 - c0 == 1:
+                        raise forward_failed(self.model, ctx.x, err) from err
+                    per, first = 1, False  # the model takes only N inputs per forward: go on with exactly N
+                    continue
+                first = False
+                bar.update(c1 - c0)
+                c0 = c1
+        return torch.cat(out, dim=1)
+
+    def _scores_of(self, ctx: CallContext, batch: torch.Tensor) -> torch.Tensor:
+        """Forward a channel-major perturbed batch ``(b * N, ...)``; target scores ``(N, b)`` or ``(N, b, K)``."""
+        n = ctx.n
+        try:
+            output = ctx.model_call(self.model, batch)
+        except NdcamError:
+            raise
+        except Exception as err:  # noqa: BLE001 -- whatever the model raises; re-raised with context by _run_blocks
+            raise _ModelFailed() from err
+        total = batch.shape[0]
+        b = total // n
+        parts = [self._check_scores(ctx.score_fn(slice_batch(output, i * n, (i + 1) * n, total)), n) for i in range(b)]
         return torch.stack(parts, dim=1)
 
 
@@ -184,18 +231,17 @@ class ScoreCAM(_PerturbationCAM):
             raise InputError(f"top_k must be None or a positive int, got {top_k!r}")
         self.top_k = top_k
 
-    def perturbed_scores(self, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-        """Target scores ``(N, C[, K])`` of ``x`` masked by each channel of ``a``."""
+    def perturbed_scores(self, ctx: CallContext, site: LayerSite) -> torch.Tensor:
+        """Target scores ``(N, C[, K])`` of ``x`` masked by each channel of the layer's activation."""
+        x, a = ctx.x, site.activation
         n, c = a.shape[:2]
         rank = x.ndim - 2
         channels = torch.arange(c, device=a.device)[None].expand(n, c)
         if self.top_k is not None and self.top_k < c:
             channels = ops.spatial_mean(a).topk(self.top_k, dim=1).indices
         cc = channels.shape[1]
-        blocks = list(_channel_blocks(cc, n, ops.bounded_batch(self.batch_size, x[0].numel())))
-        bar = _Progress(len(blocks), f"{type(self).__name__}", self.progress)
-        out = []
-        for c0, c1 in blocks:
+
+        def block(c0: int, c1: int) -> torch.Tensor:
             b = c1 - c0
             sel = channels[:, c0:c1].T  # (b, n): channel-major from the start, so no batch-sized copy is needed
             idx = sel.reshape(b, n, 1, *([1] * rank)).expand(b, n, 1, *a.shape[2:])
@@ -206,10 +252,9 @@ class ScoreCAM(_PerturbationCAM):
             # allocation, whose page faults cost as much as the multiplication on large 3D inputs)
             batch = masks.mul_(x[None]) if x.shape[1] == 1 else masks * x[None]
             del masks
-            out.append(self._scores_of(batch.reshape(b * n, *x.shape[1:]), n))
-            del batch
-            bar.step()
-        scores = torch.cat(out, dim=1)  # (n, cc[, K])
+            return self._scores_of(ctx, batch.reshape(b * n, *x.shape[1:]))
+
+        scores = self._run_blocks(ctx, cc, block)  # (n, cc[, K])
         if cc == c:
             return scores
         full = torch.full((n, c) + scores.shape[2:], float("-inf"), dtype=scores.dtype, device=scores.device)
@@ -235,36 +280,30 @@ class AblationCAM(_PerturbationCAM):
         progress: progress bar on stderr (``None``: only for long runs).
     """
 
-    def perturbed_scores(self, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    def perturbed_scores(self, ctx: CallContext, site: LayerSite) -> torch.Tensor:
         """Target scores ``(N, C[, K])`` with each channel of the captured layer zeroed."""
-        n, c = a.shape[:2]
-        blocks = list(_channel_blocks(c, n, ops.bounded_batch(self.batch_size, x[0].numel())))
-        bar = _Progress(len(blocks), f"{type(self).__name__}", self.progress)
-        layer = self._current_layer
-        out = []
+        x, n, c = ctx.x, ctx.n, site.activation.shape[1]
+        raw, reshape = site.raw, ctx.reshape
         state: dict = {}
 
         def hook(module, inputs, output):
-            raw = state["raw"]
             b = output.shape[0] // n
             rep = raw.repeat(b, *([1] * (raw.ndim - 1)))
-            view = self.reshape(rep) if self.reshape is not None else rep
+            view = reshape(rep) if reshape is not None else rep
             c0 = state["c0"]
             for j in range(b):  # zero channel c0 + j in the j-th group of n copies (a view into `rep`)
                 view[j * n : (j + 1) * n, c0 + j] = 0
             return rep
 
-        handle = layer.register_forward_hook(hook)
+        def block(c0: int, c1: int) -> torch.Tensor:
+            state["c0"] = c0
+            return self._scores_of(ctx, x.repeat(c1 - c0, *([1] * (x.ndim - 1))))
+
+        handle = site.module.register_forward_hook(hook)
         try:
-            state["raw"] = self._current_raw
-            for c0, c1 in blocks:
-                state["c0"] = c0
-                batch = x.repeat(c1 - c0, *([1] * (x.ndim - 1)))
-                out.append(self._scores_of(batch, n))
-                bar.step()
+            return self._run_blocks(ctx, c, block)
         finally:
             handle.remove()
-        return torch.cat(out, dim=1)
 
     def weights_from(self, scores, base_scores):
         return ablationcam_weights(base_scores, scores)
