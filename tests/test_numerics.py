@@ -256,8 +256,6 @@ def test_fullgrad_refuses_when_no_bias_layer_runs(rank):
 
 
 # ------------------------------------------------------------------------------------------------ inference mode
-@pytest.mark.xfail(reason="needs the core helper's conversion of inference-mode inputs (base.py/capture.py); "
-                   "remove this marker after merging both branches", strict=False)
 @pytest.mark.parametrize("method", ["fullgrad", "guidedbackprop", "guidedgradcam"])
 def test_full_backward_methods_accept_inference_mode_inputs(method, rank):
     model = make_net(rank)

@@ -17,11 +17,13 @@ definition; still no parameter ``.grad`` is written.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
 from .. import ops
-from .._errors import LayerError, forward_failed
+from .._errors import LayerError, NdcamError, forward_failed
 from ..capture import ModelState
 from ..models import BATCHNORM, CONV
 from .base import BaseCAM, register
@@ -54,11 +56,10 @@ def effective_bias(module: nn.Module) -> torch.Tensor | None:
     return None if bias is None else bias.detach()
 
 
-def modules_that_ran(model: nn.Module, x: torch.Tensor, modules: list[nn.Module]) -> set[nn.Module]:
-    """Which of ``modules`` run in an eval-mode, no-grad forward of ``x[:1]`` (all of ``x`` for models that take only
-    their own batch size): branches that eval
-    never runs (Inception's auxiliary head, training-only heads, unused modules) are left out. The model's training
-    flags are restored and no BatchNorm statistic changes (eval mode).
+def modules_that_ran(model: nn.Module, run: Callable[[], object], modules: list[nn.Module]) -> set[nn.Module]:
+    """Which of ``modules`` run when ``run()`` calls the model (eval mode, no grad): branches that eval never runs
+    (Inception's auxiliary head, training-only heads, unused modules) are left out. The model's training flags are
+    restored and no BatchNorm statistic changes (eval mode).
     """
     ran: set[nn.Module] = set()
     state = ModelState.save(model)
@@ -66,16 +67,7 @@ def modules_that_ran(model: nn.Module, x: torch.Tensor, modules: list[nn.Module]
     try:
         model.eval()
         with torch.no_grad():
-            try:
-                model(x[:1])
-            except Exception as e:
-                if x.shape[0] == 1:
-                    raise forward_failed(model, x, e) from e
-                ran.clear()
-                try:
-                    model(x)  # a model that takes only its own batch size (a static-shape export)
-                except Exception as e2:
-                    raise forward_failed(model, x, e2) from e2
+            run()
     finally:
         for h in handles:
             h.remove()
@@ -94,13 +86,25 @@ class FullGrad(BaseCAM):
     input_gradient = True
     relu = False
 
-    def _default_layers(self, x: torch.Tensor) -> list[tuple[str, nn.Module]]:
+    def _layers_for(self, ctx):
+        if self._layers is not None:
+            return super()._layers_for(ctx)
+        x = ctx.x
         rank = x.ndim - 2
         kinds = tuple(k for k in (CONV.get(rank), BATCHNORM.get(rank)) if k is not None)
         candidates = [(n, m) for n, m in self.model.named_modules() if n and isinstance(m, kinds)
                       and effective_bias(m) is not None]
-        layers = modules_that_ran(self.model, x, [m for _, m in candidates])
-        layers = [(n, m) for n, m in candidates if m in layers]
+
+        def run() -> object:  # the call's own forward: same batch and extra inputs, so any model that runs works
+            try:
+                return ctx.model_call(self.model, x)
+            except NdcamError:
+                raise
+            except Exception as err:  # noqa: BLE001 -- whatever the model raises, with context
+                raise forward_failed(self.model, x, err) from err
+
+        ran = modules_that_ran(self.model, run, [m for _, m in candidates])
+        layers = [(n, m) for n, m in candidates if m in ran]
         if not layers:
             raise LayerError(
                 f"FullGrad found no convolution or BatchNorm with a bias of rank {rank} that runs in the model's "
@@ -108,7 +112,7 @@ class FullGrad(BaseCAM):
                 if candidates else
                 f"FullGrad found no convolution or BatchNorm with a bias for a rank-{rank} input; pass layers="
             )
-        return layers
+        return layers, self.reshape
 
     def _layer_maps(self, cap, x, sc, class_idx, score_fn):
         size = tuple(x.shape[2:])
