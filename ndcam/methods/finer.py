@@ -29,6 +29,9 @@ from .gradient import gradcam_weights
 
 __all__ = ["similar_classes", "finer_scores", "FinerCAM"]
 
+#: comparison classes when ``n_similar`` is not given (pytorch-grad-cam's ``comparison_categories=[1, 2, 3]``)
+DEFAULT_SIMILAR = 3
+
 
 def similar_classes(logits: torch.Tensor, classes: torch.Tensor, n_similar: int) -> torch.Tensor:
     """The ``n_similar`` classes ``(N, K, n_similar)`` whose logits are closest to each target's (target excluded;
@@ -66,15 +69,20 @@ class FinerCAM(ClassScoreMixin, BaseCAM):
         model: a classifier with at least ``n_similar + 1`` classes.
         layers: target layer(s) (default: automatic).
         alpha: comparison strength (default 1).
-        n_similar: number of comparison classes (default 3).
+        n_similar: number of comparison classes (default ``None``: 3, or all other classes when the model has fewer
+            than 4; an explicit number larger than the other classes is an error).
+
+    A single-logit binary head :math:`z` is read as the two class logits :math:`(-z, z)` (ndcam's signed-logit
+    convention for classes 0 and 1), so Finer-CAM compares the two sides.
     """
 
-    def __init__(self, model: nn.Module, layers=None, *, alpha: float = 1.0, n_similar: int = 3, **options) -> None:
+    def __init__(self, model: nn.Module, layers=None, *, alpha: float = 1.0, n_similar: int | None = None,
+                 **options) -> None:
         super().__init__(model, layers, **options)
         if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
             raise InputError(f"alpha must be a number (comparison strength), got {alpha!r}")
-        if isinstance(n_similar, bool) or not isinstance(n_similar, int) or n_similar < 1:
-            raise InputError(f"n_similar must be a positive int, got {n_similar!r}")
+        if n_similar is not None and (isinstance(n_similar, bool) or not isinstance(n_similar, int) or n_similar < 1):
+            raise InputError(f"n_similar must be None or a positive int, got {n_similar!r}")
         self.alpha, self.n_similar = float(alpha), n_similar
 
     def check_targets(self, targets) -> None:
@@ -83,12 +91,15 @@ class FinerCAM(ClassScoreMixin, BaseCAM):
                                  "not a callable: it builds the score from the target class and its similar classes")
 
     def class_score(self, targets, n, device):
-        def prepare(logits, idx):
-            if logits.shape[1] < 2:
-                raise InputError("Finer-CAM needs a classifier with several classes (got a single-logit output)")
-            return similar_classes(logits, idx, self.n_similar)
+        def two_sided(z):
+            return torch.cat([-z, z], dim=1) if z.shape[1] == 1 else z
 
-        return ClassScore(targets, n, device, lambda z, idx, comp: finer_scores(z, idx, comp, self.alpha),
+        def prepare(logits, idx):
+            z = two_sided(logits)
+            j = min(DEFAULT_SIMILAR, z.shape[1] - 1) if self.n_similar is None else self.n_similar
+            return similar_classes(z, idx, j)
+
+        return ClassScore(targets, n, device, lambda z, idx, comp: finer_scores(two_sided(z), idx, comp, self.alpha),
                           "targets", prepare)
 
     def weights(self, activations, gradients, classes):
