@@ -74,7 +74,7 @@ def ref_nmf(V, W0, H0, iterations, eps=1e-12):
     k = W.shape[1]
     for _ in range(iterations):
         WtV = np.array([[sum(W[a, j] * V[a, b] for a in range(c)) for b in range(s)] for j in range(k)])
-        WtW = np.array([[sum(W[a, j] * W[a, l] for a in range(c)) for l in range(k)] for j in range(k)])
+        WtW = np.array([[sum(W[a, j] * W[a, m] for a in range(c)) for m in range(k)] for j in range(k)])
         WtWH = WtW @ H
         H = np.array([[H[j, b] * WtV[j, b] / (WtWH[j, b] + eps) for b in range(s)] for j in range(k)])
         VHt = V @ H.T
