@@ -13,8 +13,9 @@ difference with comparison strength :math:`\alpha`:
 (the form of pytorch-grad-cam's ``FinerWeightedTarget``; the weights :math:`p_j` are differentiated too). The map is
 Grad-CAM's for that score: :math:`\mathrm{ReLU}(\sum_c \overline{\partial y/\partial A_c}\, A_c)`. With
 :math:`\alpha = 0` it is Grad-CAM of the logit; :math:`\alpha = 1` keeps only what separates :math:`t` from its
-look-alikes. pytorch-grad-cam takes the comparison classes as ranks (``comparison_categories=[1, 2, 3]``) of the
-same sorting; ``n_similar=3`` is the same choice.
+look-alikes. torch-cam's ``FinerCAM`` uses the plain mean instead, :math:`z_t - \alpha \bar z_{\mathcal J}`
+(``weighting="mean"``; its default strength is 0.6). pytorch-grad-cam takes the comparison classes as ranks
+(``comparison_categories=[1, 2, 3]``) of the same sorting; ``n_similar=3`` is the same choice.
 """
 
 from __future__ import annotations
@@ -48,17 +49,19 @@ def similar_classes(logits: torch.Tensor, classes: torch.Tensor, n_similar: int)
 
 
 def finer_scores(logits: torch.Tensor, classes: torch.Tensor, comparison: torch.Tensor, alpha: float = 1.0,
-                 eps: float = 1e-9) -> torch.Tensor:
-    r"""Finer-CAM scores ``(N, K)``: :math:`\sum_j p_j (z_t - \alpha z_j) / (\sum_j p_j + \epsilon)` over the
-    comparison classes ``(N, K, J)``.
+                 eps: float = 1e-9, weighting: str = "softmax") -> torch.Tensor:
+    r"""Finer-CAM scores ``(N, K)`` over the comparison classes ``(N, K, J)``: with ``weighting="softmax"``
+    :math:`\sum_j p_j (z_t - \alpha z_j) / (\sum_j p_j + \epsilon)`; with ``"mean"``
+    :math:`z_t - \alpha\,\frac1J\sum_j z_j` (torch-cam's ``FinerCAM``).
     """
-    p = torch.softmax(logits, dim=1)
     n, k, j = comparison.shape
     flat = comparison.reshape(n, k * j)
     zj = logits.gather(1, flat).reshape(n, k, j)
-    pj = p.gather(1, flat).reshape(n, k, j)
-    zt = logits.gather(1, classes)[:, :, None]
-    return (pj * (zt - alpha * zj)).sum(2) / (pj.sum(2) + eps)
+    zt = logits.gather(1, classes)
+    if weighting == "mean":
+        return zt - alpha * zj.mean(2)
+    pj = torch.softmax(logits, dim=1).gather(1, flat).reshape(n, k, j)
+    return (pj * (zt[:, :, None] - alpha * zj)).sum(2) / (pj.sum(2) + eps)
 
 
 @register("finercam", "finer-cam")
@@ -72,18 +75,22 @@ class FinerCAM(ClassScoreMixin, BaseCAM):
         n_similar: number of comparison classes (default ``None``: 3, or all other classes when the model has fewer
             than 4; an explicit number larger than the other classes is an error).
 
+        weighting: ``"softmax"`` (default, pytorch-grad-cam's form) or ``"mean"`` (torch-cam's form).
+
     A single-logit binary head :math:`z` is read as the two class logits :math:`(-z, z)` (ndcam's signed-logit
     convention for classes 0 and 1), so Finer-CAM compares the two sides.
     """
 
     def __init__(self, model: nn.Module, layers=None, *, alpha: float = 1.0, n_similar: int | None = None,
-                 **options) -> None:
+                 weighting: str = "softmax", **options) -> None:
         super().__init__(model, layers, **options)
         if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
             raise InputError(f"alpha must be a number (comparison strength), got {alpha!r}")
         if n_similar is not None and (isinstance(n_similar, bool) or not isinstance(n_similar, int) or n_similar < 1):
             raise InputError(f"n_similar must be None or a positive int, got {n_similar!r}")
-        self.alpha, self.n_similar = float(alpha), n_similar
+        if weighting not in ("softmax", "mean"):
+            raise InputError(f"weighting must be 'softmax' or 'mean', got {weighting!r}")
+        self.alpha, self.n_similar, self.weighting = float(alpha), n_similar, weighting
 
     def check_targets(self, targets) -> None:
         if callable(targets) and not isinstance(targets, (torch.Tensor, ClassScore)):
@@ -99,7 +106,8 @@ class FinerCAM(ClassScoreMixin, BaseCAM):
             j = min(DEFAULT_SIMILAR, z.shape[1] - 1) if self.n_similar is None else self.n_similar
             return similar_classes(z, idx, j)
 
-        return ClassScore(targets, n, device, lambda z, idx, comp: finer_scores(two_sided(z), idx, comp, self.alpha),
+        return ClassScore(targets, n, device, lambda z, idx, comp: finer_scores(two_sided(z), idx, comp, self.alpha,
+                                                                         weighting=self.weighting),
                           "targets", prepare)
 
     def weights(self, activations, gradients, classes):
