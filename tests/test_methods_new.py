@@ -424,3 +424,17 @@ def test_methods_run_on_shapes_of_every_rank():
         for method in NEW:
             m = _cam(method, model)(x)
             assert m.shape == (3, *shape) and m.dtype == torch.float32 and torch.isfinite(m).all()
+
+
+@pytest.mark.parametrize("method", NEW)
+def test_smoothing_options_work_or_are_refused(method):
+    model, x = make_net(2), make_input(2)
+    if method == "kpcacam":
+        with pytest.raises(ValueError, match="eigen_smooth"):
+            _cam(method, model, eigen_smooth=True)
+    else:
+        m = _cam(method, model, eigen_smooth=True)(x, [0, 1, 2])
+        assert m.shape == (3, *x.shape[2:]) and torch.isfinite(m).all() and m.max() > 0
+    exp = _cam(method, model, aug_smooth=True).explain(x, torch.tensor([[0, 1]] * 3))
+    assert exp.maps.shape == (3, 2, *x.shape[2:]) and torch.isfinite(exp.maps).all()
+    assert exp.targets.tolist() == [[0, 1]] * 3

@@ -190,6 +190,8 @@ class KPCACAM(BaseCAM):
             raise InputError(f"gamma must be None or a positive number, got {gamma!r}")
         self.kernel, self.gamma, self.degree, self.coef0 = kernel, gamma, _check_int("degree", degree), float(coef0)
         self.max_positions = _check_int("max_positions", max_positions)
+        if self.eigen_smooth:
+            raise InputError("KPCA-CAM is a (kernel) principal component already; eigen_smooth does not apply to it")
 
     def layer_map(self, activations, gradients, classes):
         positions = math.prod(activations.shape[2:])
@@ -200,8 +202,6 @@ class KPCACAM(BaseCAM):
             )
         return kpca_map(activations, self.kernel, self.gamma, self.degree, self.coef0)
 
-    def channel_maps(self, activations, gradients, classes):
-        return activations
 
 
 @register("dff", "deepfeaturefactorization", "deep-feature-factorization")

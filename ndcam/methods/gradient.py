@@ -118,15 +118,17 @@ def layercam_fuse(maps: list[torch.Tensor], size: tuple[int, ...], gamma: float 
     ``size`` (multilinear), fused by the element-wise maximum. Returns ``(N, K, *size)``.
     """
     n, k = maps[0].shape[:2]
-    out = None
+    scaled = []
     for i, m in enumerate(maps):
         if i < len(maps) - 1:
             m = layercam_scale(m, gamma)
         else:
             peak = m.reshape(n, k, -1).amax(-1).reshape((n, k) + (1,) * (m.ndim - 2))
             m = torch.where(peak > 0, m / torch.where(peak > 0, peak, torch.ones_like(peak)), torch.zeros_like(m))
-        m = ops.upsample(m.reshape(n * k, *m.shape[2:]), size).reshape(n, k, *size)
-        out = m if out is None else torch.maximum(out, m)
+        scaled.append(ops.upsample(m.reshape(n * k, *m.shape[2:]), size).reshape(n, k, *size))
+    out = scaled[0]
+    for m in scaled[1:]:
+        out = torch.maximum(out, m)
     return out
 
 

@@ -106,15 +106,14 @@ class _MaskPathCAM(SeededMixin, _PerturbationCAM):
             b = c1 - c0
             acts = a[:, c0:c1].transpose(0, 1).reshape(b * n, *a.shape[2:])
             masks = unit_masks(acts, size).reshape(b, n, *size)
-            total = None
+            per_sample = []
             for i in range(self.n_samples):
                 m = self.transform(masks, i, c0, c)
                 batch = (m[:, :, None] * x[None]).reshape(b * n, *x.shape[1:])
-                s = self._scores_of(batch, n)
-                total = s if total is None else total + s
-                del batch
+                per_sample.append(self._scores_of(batch, n))
+                del batch, m
                 bar.step()
-            out.append(total / self.n_samples)
+            out.append(torch.stack(per_sample).mean(0))
         return torch.cat(out, dim=1)
 
     def weights_from(self, scores, base_scores):
@@ -204,7 +203,8 @@ class SmoothGradCAMpp(SeededMixin, BaseCAM):
         acts = cap.activations
         n, k_total = sc.shape
         base = self._seed_now()
-        sums = [[[None, None, None] for _ in range(k_total)] for _ in acts]
+        # running sums of G, G^2, G^3 per layer and target, in float64
+        sums = [[[torch.zeros_like(a, dtype=torch.float64) for _ in range(3)] for _ in range(k_total)] for a in acts]
         for i in range(self.n_samples):
             out = cap.forward(x + self._noise(x, i, base))
             s = self._check_scores(score_fn(out), n)
@@ -214,11 +214,12 @@ class SmoothGradCAMpp(SeededMixin, BaseCAM):
                 for acc, g in zip(sums, grads):
                     g = g.double()
                     for p in range(3):
-                        term = g ** (p + 1)
-                        acc[k][p] = term if acc[k][p] is None else acc[k][p] + term
+                        acc[k][p] += g ** (p + 1)
             del out, s
         per_layer = []
         for a, acc in zip(acts, sums):
+            if a.dtype in (torch.float16, torch.bfloat16):
+                a = a.float()
             maps = []
             for k in range(k_total):
                 d1, d2, d3 = (t / self.n_samples for t in acc[k])
