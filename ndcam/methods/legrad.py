@@ -25,6 +25,9 @@ Differences from the paper and torch-cam's ``LeGrad`` (2D torchvision ViTs, atte
 ``nn.MultiheadAttention``): they differentiate, for each layer, the score that the model's head gives to *that
 layer's* tokens (the "feature formation" read-out); ndcam differentiates the model's own target score for every
 layer (the gradient then includes the downstream blocks). The two agree for the last layer.
+
+LeGrad reads gradients only. On a CNN's last feature map before global average pooling the gradient of a class score
+is the same at every position, so the map is constant (all-zero once normalized): use it on attention or token layers.
 """
 
 from __future__ import annotations
