@@ -7,6 +7,7 @@ As in pytorch-grad-cam's ``RandomCAM`` (https://github.com/jacobgil/pytorch-grad
 faithfulness metrics: a method that does not beat it does not explain the model. Unlike the peer (numpy's global
 random state, new weights for every sample), the weights are seeded (``seed=`` or ``generator=``, see
 :mod:`ndcam.methods._seeding`) and shared by the samples of a batch, so a batch gives the maps of per-sample calls.
+They depend on the call seed and the layer's channel count only (two layers of equal width get the same vector).
 """
 
 from __future__ import annotations
