@@ -4,10 +4,17 @@ from __future__ import annotations
 
 from .activation import CAM, EigenCAM, EigenGradCAM
 from .base import REGISTRY, BaseCAM, register
+from .factorization import KPCACAM, DeepFeatureFactorization
+from .fem import FEM
+from .finer import FinerCAM
 from .fullgrad import FullGrad
 from .gradient import GradCAM, GradCAMElementWise, GradCAMPlusPlus, HiResCAM, LayerCAM, XGradCAM
 from .guided import GuidedBackprop, GuidedGradCAM
+from .legrad import AttentionGrid, LeGrad
 from .perturbation import AblationCAM, ScoreCAM
+from .random_cam import RandomCAM
+from .shapley import ReST, ShapleyCAM
+from .smooth import ISCAM, SSCAM, SmoothGradCAMpp
 
 __all__ = [
     "BaseCAM",
@@ -27,6 +34,18 @@ __all__ = [
     "FullGrad",
     "GuidedBackprop",
     "GuidedGradCAM",
+    "FEM",
+    "KPCACAM",
+    "ShapleyCAM",
+    "ReST",
+    "FinerCAM",
+    "DeepFeatureFactorization",
+    "RandomCAM",
+    "SSCAM",
+    "ISCAM",
+    "SmoothGradCAMpp",
+    "LeGrad",
+    "AttentionGrid",
     "methods",
     "get_method",
 ]

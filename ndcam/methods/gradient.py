@@ -14,10 +14,13 @@ Example:
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .. import ops
-from .base import BaseCAM, register
+from .._errors import InputError
+from .base import BaseCAM, range_and_normalize, register
 
 __all__ = [
     "gradcam_weights",
@@ -26,6 +29,8 @@ __all__ = [
     "hirescam_map",
     "elementwise_map",
     "layercam_map",
+    "layercam_scale",
+    "layercam_fuse",
     "GradCAM",
     "GradCAMPlusPlus",
     "XGradCAM",
@@ -36,6 +41,8 @@ __all__ = [
 
 #: epsilon in Grad-CAM++'s alpha denominator (as in pytorch-grad-cam)
 GRADCAMPP_EPS = 1e-6
+#: LayerCAM's scale of shallow-layer maps in the hierarchical fusion (the paper's gamma)
+LAYERCAM_GAMMA = 2.0
 #: epsilon in XGrad-CAM's normalization by the activation sum (as in pytorch-grad-cam)
 XGRADCAM_EPS = 1e-7
 
@@ -104,6 +111,36 @@ def elementwise_map(activations: torch.Tensor, gradients: torch.Tensor) -> torch
     pytorch-grad-cam's ``GradCAMElementWise``).
     """
     return ops.channel_sum(torch.relu(gradients * activations))
+
+
+def layercam_scale(maps: torch.Tensor, gamma: float = LAYERCAM_GAMMA, batch_dims: int = 2) -> torch.Tensor:
+    r"""LayerCAM's scaling of shallow-layer maps, :math:`\tanh(\gamma M / \max M)` per map (a map whose maximum is
+    not positive becomes 0).
+    """
+    peak = maps.reshape(*maps.shape[:batch_dims], -1).amax(-1)
+    peak = peak.reshape(peak.shape + (1,) * (maps.ndim - batch_dims))
+    safe = torch.where(peak > 0, peak, torch.ones_like(peak))
+    return torch.where(peak > 0, torch.tanh(gamma * maps / safe), torch.zeros_like(maps))
+
+
+def layercam_fuse(maps: list[torch.Tensor], size: tuple[int, ...], gamma: float = LAYERCAM_GAMMA) -> torch.Tensor:
+    r"""LayerCAM's hierarchical fusion of per-layer maps ``(N, K, *S_l)`` (shallow first, deepest last): shallow maps
+    scaled by :func:`layercam_scale` at their own resolution, the deepest by :math:`M/\max M`, all brought to
+    ``size`` (multilinear), fused by the element-wise maximum. Returns ``(N, K, *size)``.
+    """
+    n, k = maps[0].shape[:2]
+    scaled = []
+    for i, m in enumerate(maps):
+        if i < len(maps) - 1:
+            m = layercam_scale(m, gamma)
+        else:
+            peak = m.reshape(n, k, -1).amax(-1).reshape((n, k) + (1,) * (m.ndim - 2))
+            m = torch.where(peak > 0, m / torch.where(peak > 0, peak, torch.ones_like(peak)), torch.zeros_like(m))
+        scaled.append(ops.upsample(m.reshape(n * k, *m.shape[2:]), size).reshape(n, k, *size))
+    out = scaled[0]
+    for m in scaled[1:]:
+        out = torch.maximum(out, m)
+    return out
 
 
 def layercam_map(activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
@@ -188,15 +225,39 @@ class GradCAMElementWise(BaseCAM):
 
 @register("layercam")
 class LayerCAM(BaseCAM):
-    """LayerCAM: activations weighted position by position by their positive gradients.
+    r"""LayerCAM: activations weighted position by position by their positive gradients.
 
     Jiang et al., "LayerCAM: Exploring Hierarchical Class Activation Maps for Localization", IEEE TIP 2021,
     https://doi.org/10.1109/TIP.2021.3089943.
+
+    Over several layers the maps are fused hierarchically, as in the paper: every layer's map except the deepest
+    (the last to run) is scaled by :math:`\tanh(\gamma M / \max M)` (the paper's remedy for the small values of
+    shallow layers), the deepest by :math:`M / \max M`, and the fused map is their element-wise maximum at the
+    common resolution (as torch-cam's ``fuse_cams``, which scales every layer), min-max normalized (see
+    :func:`layercam_fuse`). ``gamma=None`` uses the generic per-layer normalized mean of the other
+    methods.
+
+    Args:
+        model: the model.
+        layers: target layer(s) (default: automatic); several layers are fused hierarchically.
+        gamma: the scale of the shallow layers' tanh (default 2, as the paper).
     """
+
+    def __init__(self, model, layers=None, *, gamma: float | None = LAYERCAM_GAMMA, **options) -> None:
+        super().__init__(model, layers, **options)
+        if gamma is not None and (isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not gamma > 0):
+            raise InputError(f"gamma must be a positive number or None (generic fusion), got {gamma!r}")
+        self.gamma = None if gamma is None else float(gamma)
 
     def layer_map(self, activations, gradients, classes):
         return layercam_map(activations, gradients)
 
-
     def channel_maps(self, activations, gradients, classes):
         return torch.relu(gradients) * activations
+
+    def _fuse(self, maps, x, upsample, normalize):  # type: ignore[override]
+        if len(maps) == 1 or self.gamma is None:
+            return BaseCAM._fuse(maps, x, upsample, normalize)
+        size = tuple(x.shape[2:]) if upsample else max((tuple(m.shape[2:]) for m in maps), key=math.prod)
+        fused = layercam_fuse(maps, size, self.gamma)
+        return range_and_normalize(fused, 2, normalize)
