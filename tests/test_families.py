@@ -17,7 +17,7 @@ import ndcam
 from ndcam.layers import auto_choice, auto_layer
 from ndcam.methods.base import BaseCAM
 
-from .families import ConvNeXt, Swin, ViT, families
+from .families import CONV, SIZE, ConvNeXt, DenseNet, MobileNetV3, SEResNet, Swin, ViT, families
 
 FAMILIES = families()
 
@@ -154,3 +154,77 @@ def test_monai_vit_gets_its_final_norm(rank, size, patch):
     auto = ndcam.GradCAM(model, "norm", reshape=reshape)(x, logits)
     ref = ndcam.GradCAM(model, "norm", reshape=ndcam.TokenGrid(grid, prefix=1))(x, logits)
     torch.testing.assert_close(auto, ref)
+
+
+# -- CAM checks that the layer feeds global pooling and ONE class layer -------------------------------------------
+@pytest.mark.parametrize("rank", [1, 2, 3])
+def test_cam_refuses_a_hidden_linear_as_class_weights(rank):
+    """MobileNetV3: the pooled features feed Linear -> Hardswish -> Dropout -> Linear; the first has no class rows."""
+    torch.manual_seed(0)
+    model = MobileNetV3(rank).eval()
+    x = torch.randn(2, 1, *SIZE[rank])
+    with pytest.raises(LookupError, match=r"'classifier.0' \(Linear\) receives the global average.*not the model's"):
+        ndcam.CAM(model)(x, 1)
+    with pytest.raises(LookupError, match="channels"):  # the real class layer has 32 inputs, not 24
+        ndcam.CAM(model, fc="classifier.3")(x, 1)
+
+
+@pytest.mark.parametrize("rank", [1, 2, 3])
+def test_cam_refuses_features_read_before_the_relu_that_feeds_the_pooling(rank):
+    """DenseNet: forward is features -> F.relu -> pool -> classifier, so 'features' is not what is averaged."""
+    torch.manual_seed(0)
+    model = DenseNet(rank).eval()
+    for bn in model.modules():  # BatchNorm with real statistics, so that norm5's output has negative values
+        if isinstance(bn, nn.modules.batchnorm._BatchNorm):
+            bn.running_mean.uniform_(-1, 1)
+    x = torch.randn(2, 1, *SIZE[rank])
+    for layers in (None, "features.norm5"):
+        with pytest.raises(LookupError, match=r"do not receive the global average.*F.relu"):
+            ndcam.CAM(model, layers)(x, 1)
+    with pytest.raises(LookupError, match="do not receive the global average"):
+        ndcam.CAM(model, "features.norm5", fc="classifier")(x, 1)
+
+
+@pytest.mark.parametrize("rank", [1, 2, 3])
+def test_cam_on_a_global_pooling_linear_head_is_the_papers_formula(rank):
+    """SE-ResNet: layer4 -> global pooling -> last_linear: CAM = sum_c W[k, c] A_c (float64 reference)."""
+    torch.manual_seed(0)
+    model = SEResNet(rank).double().eval()
+    x = torch.randn(2, 1, *SIZE[rank], dtype=torch.float64)
+    got = ndcam.CAM(model)(x, [0, 2], upsample=False, normalize=False)
+    store = {}
+    h = model.layer4.register_forward_hook(lambda m, i, o: store.setdefault("a", o.detach().clone()))
+    with torch.no_grad():
+        model(x)
+    h.remove()
+    w = model.last_linear.weight[[0, 2]].detach()
+    expected = torch.einsum("nc,nc...->n...", w, store["a"])
+    torch.testing.assert_close(got, expected.float())
+
+
+class ClassMapNet(nn.Module):
+    """Fully convolutional classifier: a kernel-1 convolution gives class maps, averaged, then softmax."""
+
+    def __init__(self, rank: int):
+        super().__init__()
+        self.conv = CONV[rank](1, 6, 3, padding=1)
+        self.act = nn.ReLU()
+        self.classes = CONV[rank](6, 3, 1)
+
+    def forward(self, x):
+        return torch.softmax(self.classes(self.act(self.conv(x))).flatten(2).mean(2), 1)
+
+
+@pytest.mark.parametrize("rank", [1, 2, 3])
+def test_cam_accepts_class_maps_pooled_afterwards_and_a_softmax(rank):
+    torch.manual_seed(0)
+    model = ClassMapNet(rank).double().eval()
+    x = torch.randn(2, 1, *SIZE[rank], dtype=torch.float64)
+    cam = ndcam.CAM(model, "act")
+    store = {}
+    h = model.act.register_forward_hook(lambda m, i, o: store.setdefault("a", o.detach().clone()))
+    with torch.no_grad():
+        model(x)
+    h.remove()
+    expected = torch.einsum("c,nc...->n...", model.classes.weight[1].flatten().detach(), store["a"])
+    torch.testing.assert_close(cam.explain(x, 1, upsample=False, normalize=False).maps, expected.float())
