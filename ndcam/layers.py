@@ -298,11 +298,13 @@ def _layout(record: _Record, rank: int, g0: tuple[int, ...], coarser: list[tuple
     return None
 
 
-def _choose(records: list[_Record], rank: int) -> _Choice | None:
-    """The automatic layer (see the module docstring), or ``None`` without a convolution of the input's rank."""
+def _choose(records: list[_Record], rank: int) -> list[_Choice]:
+    """Candidates for the automatic layer, best first (see the module docstring); empty without a convolution of the
+    input's rank.
+    """
     convs = [i for i, (_, m, shape, fl) in enumerate(records) if _is_conv(m, rank) and _is_spatial(shape, fl, rank)]
     if not convs:
-        return None
+        return []
     unpooled = [i for i in convs if any(s != 1 for s in records[i][2][2:])]
     anchor = (unpooled or convs)[-1]
     g0 = records[anchor][2][2:]
@@ -321,10 +323,68 @@ def _choose(records: list[_Record], rank: int) -> _Choice | None:
             family.append((j, lay))
     # a module called several times (a shared ReLU) is a poor target: step back to the nearest single-call module
     calls = _call_counts(records)
-    for j, lay in reversed(family):
-        if calls[records[j][0]] == 1 or j == anchor:
-            return _Choice(records[j][0], lay[0], tuple(lay[1]), lay[2], records[j][2])
-    raise AssertionError("unreachable")  # pragma: no cover - the anchor is always accepted
+    out = [_Choice(records[j][0], lay[0], tuple(lay[1]), lay[2], records[j][2])
+           for j, lay in reversed(family) if calls[records[j][0]] == 1 or j == anchor]
+    return out
+
+
+def _first_tensor(out: object) -> torch.Tensor | None:
+    if isinstance(out, torch.Tensor):
+        return out if out.is_floating_point() else None
+    if isinstance(out, dict):
+        out = list(out.values())
+    elif hasattr(out, "__dataclass_fields__"):
+        out = [getattr(out, k) for k in out.__dataclass_fields__]
+    if isinstance(out, (list, tuple)):
+        for item in out:
+            t = _first_tensor(item)
+            if t is not None:
+                return t
+    return None
+
+
+def _reaching(model: nn.Module, x: torch.Tensor, candidates: list[_Choice]) -> _Choice | str:
+    """For class-token models: the last token layer whose *patch* tokens still reach the output.
+
+    After the last attention, a ViT's head reads the class token only, so the patch tokens of the final norm get
+    exactly zero gradient (an all-zero map). One probe forward and backward of a single sample (eval mode, no
+    parameter ``.grad`` written) finds the last candidate with a non-zero patch-token gradient: the normalization
+    that feeds the last attention (timm's ``blocks[-1].norm1``).
+    """
+    tokens = [c for c in candidates if c.layout == "tokens"]
+    norms = [c for c in tokens if "Norm" in type(model.get_submodule(c.name)).__name__]
+    tokens = norms or tokens  # the block's normalization, never a projection inside the attention
+    store: dict[str, torch.Tensor] = {}
+    handles = [model.get_submodule(c.name).register_forward_hook(
+        lambda m, i, o, name=c.name: store.setdefault(name, o) if isinstance(o, torch.Tensor) else None)
+        for c in tokens]
+    was_training = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        with torch.enable_grad():
+            xs = x[:1].detach().clone().requires_grad_(True)
+            try:
+                out = _first_tensor(model(xs))
+            except (RuntimeError, ValueError, TypeError, IndexError):
+                store.clear()
+                out = _first_tensor(model(x.detach().clone().requires_grad_(True)))
+            have = [c for c in tokens if c.name in store and store[c.name].requires_grad]
+            grads = torch.autograd.grad(out.sum(), [store[c.name] for c in have], allow_unused=True) \
+                if out is not None and out.requires_grad and have else []
+    finally:
+        for h in handles:
+            h.remove()
+        for m, flag in was_training.items():
+            m.training = flag
+    for c, g in zip(have, grads):
+        if g is not None and bool(g[:, c.prefix:].abs().amax() > 0):
+            return c
+    last = tokens[0]
+    return (f"{type(model).__name__} looks like a token model, but no module output after its patch embedding carries "
+            f"gradient to the patch tokens (the head reads the class token, which reads patch tokens only through "
+            f"attention, and the modules before the last attention give no tensor); pass a module whose output feeds "
+            f"the last attention, e.g. the previous block, with layers='<name>', "
+            f"reshape=ndcam.TokenGrid({last.grid}, prefix={last.prefix})")
 
 
 def _token_hint(records: list[_Record], x: torch.Tensor) -> str:
@@ -383,17 +443,22 @@ def _auto(model: nn.Module, x: torch.Tensor) -> _Choice:
     cache = _AUTO_CACHE.setdefault(model, {})
     if key not in cache:
         records = _probe(model, x)
-        choice = _choose(records, rank)
-        cache[key] = choice if choice is not None else _token_hint(records, x)
+        candidates = _choose(records, rank)
+        if not candidates:
+            kind = {1: "Conv1d", 2: "Conv2d", 3: "Conv3d"}.get(rank, f"rank-{rank} convolution")
+            dims = {1: "L", 2: "H, W", 3: "D, H, W"}.get(rank, f"<{rank} axes>")
+            cache[key] = (
+                f"no {kind} producing a (N, C, {dims}) map was found in {type(model).__name__} for an input of shape "
+                f"{tuple(x.shape)}; pass layers='<dotted name>' (ndcam.list_layers(model, x) shows candidates with "
+                f"their output shapes){_token_hint(records, x)}"
+            )
+        elif candidates[0].layout == "tokens" and candidates[0].prefix > 0:
+            cache[key] = _reaching(model, x, candidates)
+        else:
+            cache[key] = candidates[0]
     choice = cache[key]
     if isinstance(choice, str):
-        kind = {1: "Conv1d", 2: "Conv2d", 3: "Conv3d"}.get(rank, f"rank-{rank} convolution")
-        dims = {1: "L", 2: "H, W", 3: "D, H, W"}.get(rank, f"<{rank} axes>")
-        raise LayerError(
-            f"no {kind} producing a (N, C, {dims}) map was found in "
-            f"{type(model).__name__} for an input of shape {tuple(x.shape)}; pass layers='<dotted name>' "
-            f"(ndcam.list_layers(model, x) shows candidates with their output shapes){choice}"
-        )
+        raise LayerError(choice)
     return choice
 
 

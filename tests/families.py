@@ -353,8 +353,10 @@ def families() -> list[tuple[str, object, tuple[int, ...], str, str, object]]:
     for r in (1, 2, 3):
         shape = (2, 1, *SIZE[r])
         out += [
-            (f"vit-{r}d", lambda r=r: ViT(r, SIZE[r]), shape, "norm", "norm", ndcam.TokenGrid(_grid(r, 4), prefix=1)),
-            (f"deit-{r}d", lambda r=r: ViT(r, SIZE[r], prefix=2), shape, "norm", "norm",
+            # the final norm's patch tokens never reach a class-token head: the norm before the last attention
+            (f"vit-{r}d", lambda r=r: ViT(r, SIZE[r]), shape, "blocks.1.norm1", "blocks.1.norm1",
+             ndcam.TokenGrid(_grid(r, 4), prefix=1)),
+            (f"deit-{r}d", lambda r=r: ViT(r, SIZE[r], prefix=2), shape, "blocks.1.norm1", "blocks.1.norm1",
              ndcam.TokenGrid(_grid(r, 4), prefix=2)),
             (f"swin-{r}d", lambda r=r: Swin(r), shape, "norm", "norm", ndcam.TokenGrid(_grid(r, 4, 1), channels_last=True)),
             (f"convnext-{r}d", lambda r=r: ConvNeXt(r), shape, "features", "features.3", None),

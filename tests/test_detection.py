@@ -61,7 +61,7 @@ def test_scores_sum_the_matching_boxes_of_the_class():
     torch.testing.assert_close(got, torch.tensor([0.9 + 0.8, 0.0]))
     got.sum().backward()
     torch.testing.assert_close(s.grad, torch.tensor([1.0, 1.0, 0.0, 0.0]))
-    assert float(DetectionTarget([10.0, 10, 20, 20], label=1, iou_threshold=0.9)(dets)[0]) == pytest.approx(0.9)
+    assert float(DetectionTarget([10.0, 10, 20, 20], label=1, iou_threshold=0.9)(dets)[0].detach()) == pytest.approx(0.9)
     assert float(DetectionTarget([10.0, 10, 20, 20], label=2)(dets)[0]) == pytest.approx(0.7)
 
 

@@ -186,9 +186,10 @@ class CAM(BaseCAM):
         if not fed:
             raise LayerError(
                 f"CAM: the classifier candidate(s) {', '.join(repr(module_name(self.model, m)) for m in ran)} do not "
-                f"receive the global average of the target layer's activation: something runs between the layer and "
-                f"the pooling (e.g. DenseNet's F.relu after 'features', or a layer that is not the last before "
-                f"pooling), so its classifier rows would weight the wrong activations; choose the module whose "
+                f"receive the global average of the target layer's activation: something other than global average "
+                f"pooling runs between the layer and the classifier (e.g. DenseNet's F.relu after 'features', a head "
+                f"that reads a class token, or a layer that is not the last before pooling), so its classifier rows "
+                f"would weight the wrong activations; choose the module whose "
                 f"spatial mean the classifier receives, or use GradCAM (it reads gradients through whatever runs in "
                 f"between)"
             )
