@@ -243,3 +243,20 @@ def test_cam_accepts_class_maps_pooled_afterwards_and_a_softmax(rank):
     h.remove()
     expected = torch.einsum("c,nc...->n...", model.classes.weight[1].flatten().detach(), store["a"])
     torch.testing.assert_close(cam.explain(x, 1, upsample=False, normalize=False).maps, expected.float())
+
+
+def test_the_gradient_probe_of_class_token_models_leaves_the_model_as_it_was():
+    torch.manual_seed(0)
+    model = ViT(2, (16, 16), prefix=2).train()
+    model.blocks[0].eval()
+    flags = {n: m.training for n, m in model.named_modules()}
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    layers, reshape = auto_choice(model, torch.randn(3, 1, 16, 16))
+    assert layers[0][0] == "blocks.1.norm1" and reshape.prefix == 2
+    assert {n: m.training for n, m in model.named_modules()} == flags
+    assert all(p.grad is None for p in model.parameters())
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    assert not any(m._forward_hooks for m in model.modules())
+    # a user's token reshape that fits is kept
+    mine = ndcam.TokenGrid(rank=2, prefix=2)
+    assert auto_choice(model, torch.randn(3, 1, 16, 16), reshape=mine) == (layers, mine)
