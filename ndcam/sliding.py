@@ -24,6 +24,7 @@ Conventions (those of ``monai.inferers.sliding_window_inference``, re-derived he
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -32,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import ops
-from ._errors import InputError, InputTypeError
+from ._errors import ConstantMapWarning, InputError, InputTypeError
 from .layers import LayerSpec
 
 __all__ = ["SlidingWindow", "sliding_window_explain", "importance_map", "scan_interval", "patch_starts"]
@@ -87,9 +88,13 @@ class SlidingWindow:
         overlap: fraction of a patch shared with its neighbour, per axis or one for all (MONAI's ``overlap``).
         mode: ``"constant"`` or ``"gaussian"`` blending (MONAI's ``mode``).
         sigma_scale: Gaussian width as a fraction of the patch size (MONAI's ``sigma_scale``).
-        batch_size: patches per forward pass of the method (MONAI's ``sw_batch_size``).
+        batch_size: patches per call of the method (MONAI's ``sw_batch_size``); a perturbation method then runs
+            its own masked forwards in batches of its default size.
         pad_value: value that pads an input smaller than a patch.
-        **method_options: passed to the method class (``reshape=``, ``batch_size=`` of Score-CAM, ...).
+        **method_options: passed to the method class (``reshape=``, ``eigen_smooth=``, ``fc=``, ...).
+
+    A patch with nothing to show (background) has an all-zero raw map, which is normal here: per-patch
+    :class:`~ndcam.ConstantMapWarning` s are silenced, and one is issued if a stitched map is constant.
 
     Targets: ``None`` explains each patch's own top-1 class (patches of one volume may then explain different
     classes: prefer an explicit class); an int explains that class on every patch; a length-N sequence or an
@@ -189,7 +194,9 @@ class SlidingWindow:
             chunk = jobs[first:first + self.batch_size]
             batch = torch.stack([xp[(i, slice(None), *s)] for i, s in chunk])
             sample = torch.tensor([i for i, _ in chunk], device=x.device)
-            maps = self.method(batch, _targets_for(targets, sample, n), upsample=True, normalize=False).float()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ConstantMapWarning)
+                maps = self.method(batch, _targets_for(targets, sample, n), upsample=True, normalize=False).float()
             if acc is None:
                 acc = torch.zeros((n, *maps.shape[1:-len(roi)], *xp.shape[2:]), dtype=torch.float32, device=x.device)
             w = weight.reshape((1,) * (maps.ndim - len(roi)) + roi)
@@ -201,6 +208,11 @@ class SlidingWindow:
         assert acc is not None
         out = acc / count
         out = out[(Ellipsis, *(slice(a, a + s) for a, s in zip(lead, size)))]
+        lo, hi = ops.spatial_minmax(out, batch_dims=out.ndim - len(size))
+        if bool(ops.constant_maps(lo, hi).any()):
+            warnings.warn(
+                f"{int(ops.constant_maps(lo, hi).sum())} stitched map(s) are constant: no patch showed evidence for "
+                f"the target (try another target or layer)", ConstantMapWarning, stacklevel=2)
         if not normalize:
             return out
         return ops.minmax_normalize(out, batch_dims=out.ndim - len(size), inplace=True)

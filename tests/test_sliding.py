@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import warnings
 
 import pytest
 import torch
@@ -197,3 +198,15 @@ def test_weights_patches_and_blend_agree_with_monai(rank, size, roi, overlap, mo
     theirs = inferers.sliding_window_inference(x, roi, 4, lambda p: PatchFunction.f(p)[:, None], overlap=overlap,
                                                mode=mode, sigma_scale=sigma)
     torch.testing.assert_close(ours, theirs[:, 0], atol=1e-5, rtol=1e-5)
+
+
+def test_background_patches_do_not_warn_but_an_empty_stitched_map_does():
+    model = BlobNet(2).eval()
+    x = torch.zeros(1, 1, 40, 40)
+    x[0, 0, 10:18, 10:18] = 2.0  # one lesion: most patches see only background (all-zero maps)
+    sw = SlidingWindow(model, 16, "gradcam", "act")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ndcam.ConstantMapWarning)
+        assert sw(x, 1).max() == 1
+    with pytest.warns(ndcam.ConstantMapWarning, match="stitched"):
+        sw(torch.zeros(1, 1, 40, 40), 1)
