@@ -215,7 +215,9 @@ def _is_pool(m: nn.Module) -> bool:
 def _is_patch_embedding(m: nn.Module) -> bool:
     """A convolution that cuts the input into non-overlapping patches (kernel == stride > 1): ViT/Swin-style."""
     kernel, stride = getattr(m, "kernel_size", None), getattr(m, "stride", None)
-    return kernel is not None and tuple(kernel) == tuple(stride) and any(s > 1 for s in stride)
+    if kernel is None or stride is None:
+        return False
+    return tuple(kernel) == tuple(stride) and any(s > 1 for s in stride)
 
 
 def _coarser(grid: tuple[int, ...]) -> list[tuple[int, ...]]:
@@ -305,18 +307,19 @@ def _choose(records: list[_Record], rank: int) -> list[_Choice]:
     convs = [i for i, (_, m, shape, fl) in enumerate(records) if _is_conv(m, rank) and _is_spatial(shape, fl, rank)]
     if not convs:
         return []
-    unpooled = [i for i in convs if any(s != 1 for s in records[i][2][2:])]
+    shapes = [r[2] or () for r in records]  # every conv candidate has a shape; () keeps the type checker calm
+    unpooled = [i for i in convs if any(s != 1 for s in shapes[i][2:])]
     anchor = (unpooled or convs)[-1]
-    g0 = records[anchor][2][2:]
+    g0 = shapes[anchor][2:]
     coarser = _coarser(g0)
     patch = _is_patch_embedding(records[anchor][1])
     family: list[tuple[int, tuple]] = [(anchor, ("cf", g0, 0))]
     for j in range(anchor + 1, len(records)):
         lay = _layout(records[j], rank, g0, coarser, patch)
         prev_j, prev = family[-1]
-        shape = records[j][2]
-        if lay is not None and rank == 1 and prev[0] == "cl" and shape == (
-                records[prev_j][2][0], records[prev_j][2][2], records[prev_j][2][1]):
+        shape, before = shapes[j], shapes[prev_j]
+        if lay is not None and rank == 1 and prev[0] == "cl" and len(before) == 3 and shape == (
+                before[0], before[2], before[1]):
             # (N, L, C) transposed back to (N, C, L): channel-first, a feature map only on the anchor's grid
             lay = ("cf", g0, 0) if shape[2:] == g0 else None
         if lay is not None:
@@ -602,9 +605,12 @@ class TokenGrid:
         return tokens.transpose(1, 2).unflatten(2, grid)
 
     def _infer(self, count: int) -> tuple[int, ...]:
-        side = round(count ** (1 / self.rank))
-        if side**self.rank != count:
+        rank = self.rank
+        if rank is None:  # only reachable for channels_last=True without a grid, which never infers
+            raise LayerError("TokenGrid needs grid=(...) or rank= to lay tokens on a grid")
+        side = round(count ** (1 / rank))
+        if side**rank != count:
             raise LayerError(
-                f"TokenGrid cannot infer a rank-{self.rank} grid from {count} tokens (not a perfect power); pass grid="
+                f"TokenGrid cannot infer a rank-{rank} grid from {count} tokens (not a perfect power); pass grid="
             )
-        return (side,) * self.rank
+        return (side,) * rank

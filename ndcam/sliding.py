@@ -192,7 +192,7 @@ class SlidingWindow:
         acc: torch.Tensor | None = None
         for first in range(0, len(jobs), self.batch_size):
             chunk = jobs[first:first + self.batch_size]
-            batch = torch.stack([xp[(i, slice(None), *s)] for i, s in chunk])
+            batch = torch.stack([xp[_index(i, slice(None), *s)] for i, s in chunk])
             sample = torch.tensor([i for i, _ in chunk], device=x.device)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", ConstantMapWarning)
@@ -201,13 +201,13 @@ class SlidingWindow:
                 acc = torch.zeros((n, *maps.shape[1:-len(roi)], *xp.shape[2:]), dtype=torch.float32, device=x.device)
             w = weight.reshape((1,) * (maps.ndim - len(roi)) + roi)
             for (i, s), m in zip(chunk, maps * w):
-                acc[(i, Ellipsis, *s)] += m
+                acc[_index(i, Ellipsis, *s)] += m
         count = torch.zeros(xp.shape[2:], dtype=torch.float32, device=x.device)
         for s in slices:
             count[s] += weight
         assert acc is not None
         out = acc / count
-        out = out[(Ellipsis, *(slice(a, a + s) for a, s in zip(lead, size)))]
+        out = out[_index(Ellipsis, *(slice(a, a + s) for a, s in zip(lead, size)))]
         lo, hi = ops.spatial_minmax(out, batch_dims=out.ndim - len(size))
         if bool(ops.constant_maps(lo, hi).any()):
             warnings.warn(
@@ -216,6 +216,11 @@ class SlidingWindow:
         if not normalize:
             return out
         return ops.minmax_normalize(out, batch_dims=out.ndim - len(size), inplace=True)
+
+
+def _index(*parts: Any) -> Any:
+    """A tensor index from integers, slices and ``...`` (one tuple, typed loosely for the type checker)."""
+    return tuple(parts)
 
 
 def _product(axes: list[list[int]]) -> list[tuple[int, ...]]:

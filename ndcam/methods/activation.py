@@ -208,6 +208,7 @@ class CAM(BaseCAM):
                 )
             m = final[0][0]
         w = m.weight
+        assert isinstance(w, torch.Tensor)
         return w if isinstance(m, nn.Linear) else w.reshape(w.shape[0], channels)
 
     def weights(self, activations, gradients, classes):
