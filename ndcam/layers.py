@@ -268,11 +268,13 @@ class _Choice:
         return f"layers={self.name!r}, reshape=ndcam.TokenGrid({args})"
 
 
-def _layout(record: _Record, rank: int, g0: tuple[int, ...], coarser: list[tuple[int, ...]], patch: bool):
+def _layout(record: _Record, rank: int, g0: tuple[int, ...], coarser: list[tuple[int, ...]], patch: bool,
+            merged: bool = True, channels: int | None = None):
     """``(layout, grid, prefix)`` if a traced output is the anchor's feature map in some layout, else ``None``.
 
     Channel-first maps must keep the anchor convolution's grid exactly (a pooling that halves it ends the feature
-    map, as in VGG); channels-last and token outputs may also be on a grid halved by patch merging (Swin).
+    map, as in VGG); channels-last and token outputs may also be on a grid halved by patch merging (Swin), once
+    ``merged`` says the feature map already went channels-last or to tokens.
     """
     _, module, shape, floating = record
     if shape is None or not floating:
@@ -280,7 +282,8 @@ def _layout(record: _Record, rank: int, g0: tuple[int, ...], coarser: list[tuple
     cf = len(shape) == rank + 2 and shape[2:] == g0
     if _is_pool(module) or isinstance(module, nn.modules.conv._ConvNd) or _is_conv(module, rank):
         return ("cf", g0, 0) if cf else None  # convolutions and poolings of any rank give channel-first maps
-    grids = [g0, *coarser] if math.prod(g0) > 1 else [*coarser]
+    # coarser grids only once the map is channels-last or tokens (patch merging), never for a pooled CNN map
+    grids = ([g0] if math.prod(g0) > 1 else []) + (coarser if merged else [])
     tok = None
     if len(shape) == 3 and shape[2] > 1:
         for p in range(_MAX_PREFIX + 1):
@@ -294,7 +297,9 @@ def _layout(record: _Record, rank: int, g0: tuple[int, ...], coarser: list[tuple
     if rank >= 2 and len(shape) == rank + 2 and shape[-1] > 1 and shape[1:-1] in grids:
         return ("cl", shape[1:-1], 0)
     if tok is not None:
-        if rank == 1 and not patch and shape[2] in {g[0] for g in grids}:
+        if rank == 1 and not merged and channels is not None and shape[2] != channels:
+            return None  # going to (N, L, C) keeps the channel count of the channel-first map it transposes
+        if rank == 1 and not patch and shape[2] in {g[0] for g in [g0, *coarser]}:
             return None  # a channel-first map on a coarser grid (after pooling), not tokens
         return tok
     return None
@@ -315,7 +320,8 @@ def _choose(records: list[_Record], rank: int) -> list[_Choice]:
     patch = _is_patch_embedding(records[anchor][1])
     family: list[tuple[int, tuple]] = [(anchor, ("cf", g0, 0))]
     for j in range(anchor + 1, len(records)):
-        lay = _layout(records[j], rank, g0, coarser, patch)
+        merged = any(lay[0] != "cf" for _, lay in family)
+        lay = _layout(records[j], rank, g0, coarser, patch, merged, shapes[family[-1][0]][1])
         prev_j, prev = family[-1]
         shape, before = shapes[j], shapes[prev_j]
         if lay is not None and rank == 1 and prev[0] == "cl" and len(before) == 3 and shape == (
