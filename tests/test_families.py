@@ -260,3 +260,24 @@ def test_the_gradient_probe_of_class_token_models_leaves_the_model_as_it_was():
     # a user's token reshape that fits is kept
     mine = ndcam.TokenGrid(rank=2, prefix=2)
     assert auto_choice(model, torch.randn(3, 1, 16, 16), reshape=mine) == (layers, mine)
+
+
+@pytest.mark.parametrize("rank, size", [(1, (64,)), (2, (64, 64)), (3, (64, 64, 64))])
+def test_monai_densenet121_gets_the_relu_that_feeds_its_pooling_and_cam_holds_there(rank, size):
+    """MONAI's DenseNet applies its final ReLU as a module (class_layers.relu): that post-ReLU map is chosen, CAM's
+    check passes there (paper formula), and CAM refuses the pre-ReLU 'features'."""
+    torch.manual_seed(0)
+    model = monai_nets.DenseNet121(spatial_dims=rank, in_channels=1, out_channels=3).eval()
+    x = torch.randn(1, 1, *size)
+    (name, module), reshape = auto_choice(model, x)[0][0], auto_choice(model, x)[1]
+    assert name == "class_layers.relu" and reshape is None
+    got = ndcam.CAM(model)(x, 2, upsample=False, normalize=False)
+    store = {}
+    h = module.register_forward_hook(lambda m, i, o: store.setdefault("a", o.detach().clone()))
+    with torch.no_grad():
+        model(x)
+    h.remove()
+    expected = torch.einsum("c,nc...->n...", model.class_layers.out.weight[2].detach(), store["a"])
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
+    with pytest.raises(LookupError, match="do not receive the global average"):
+        ndcam.CAM(model, "features")(x, 2)
