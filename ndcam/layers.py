@@ -1,17 +1,26 @@
-"""Target-layer selection: names, modules, lists, and the automatic choice for Conv1d/2d/3d networks.
+"""Target-layer selection: names, modules, lists, and the automatic choice for convolutional and token models.
 
 The automatic choice traces one forward pass of a single sample (cached per model and input shape) and picks the
-outermost module that still produces the feature map of the last convolution matching the input's rank:
+outermost module that still gives the feature map of the last convolution matching the input's rank:
 
-* the last executed ``nn.Conv1d``/``Conv2d``/``Conv3d`` (matching the input's spatial rank) whose output is not
-  globally pooled (squeeze-excitation convolutions on ``1 x 1`` maps are skipped);
-* then every module that completes after it with an output of the same spatial shape (its BatchNorm, activation,
-  residual block, stage) until something changes the shape (pooling, flattening, the classifier).
+* the *anchor* is the last executed ``nn.Conv1d``/``Conv2d``/``Conv3d`` (matching the input's spatial rank) whose
+  output is not globally pooled (squeeze-excitation convolutions on ``1 x 1`` maps are skipped);
+* every later module output that is still that feature map, in one of three layouts, belongs to it: channel-first
+  ``(N, C, *grid)`` on the anchor's grid; channels-last ``(N, *grid, C)`` (ConvNeXt blocks, Swin stages); tokens
+  ``(N, prefix + prod(grid), C)`` with up to 8 class/distillation/register tokens (ViT, DeiT, audio/ECG/volume
+  transformers). Channels-last and token outputs may sit on a grid halved by patch merging (Swin); a channel-first
+  output on a coarser grid (after pooling) ends the feature map;
+* the last of those wins, unless it is a module called several times (a shared ReLU): then the one before it.
 
-So a torchvision-style ResNet gets ``layer4`` (the block output after the residual addition and ReLU, as the
-Grad-CAM paper's "last convolutional layer"), a VGG gets the ReLU after its last convolution, a plain
-``nn.Sequential`` ECG net gets the activation after its last Conv1d, and a MONAI/timm-style network gets the stage or
-head convolution before global pooling. The model itself (the root module) is never chosen.
+Side branches do not stop the search: a squeeze-excitation's pooled ``(N, C, 1, 1)`` outputs, a ConvNeXt block's
+channels-last permutation, a token reshape are skipped, and the block or stage that completes after them is taken. So
+a torchvision-style ResNet gets ``layer4`` (the block output after the residual addition and ReLU, as the Grad-CAM
+paper's "last convolutional layer"), MONAI's SEResNet50 gets ``layer4`` (after BatchNorm, squeeze-excitation and the
+residual), a ConvNeXt its stage (or the ``features`` container ending with it), a VGG the ReLU after its last
+convolution, a plain ``nn.Sequential`` ECG net the activation after its last Conv1d; a ViT/DeiT its final norm with
+``TokenGrid(grid, prefix=1 or 2)``, a Swin its final norm with ``TokenGrid(grid, channels_last=True)``
+(:func:`auto_choice` returns that reshape). The model itself (the root module) is never chosen. A model without a
+convolution of the input's rank gets an error with the exact ``layers=``/``reshape=`` to pass where it can be read.
 """
 
 from __future__ import annotations
@@ -31,6 +40,7 @@ from .models import CONV
 
 __all__ = [
     "LayerInfo", "LayerSpec", "TokenGrid", "resolve_layers", "auto_layer", "auto_choice", "list_layers", "module_name",
+    "check_not_scripted",
 ]
 
 LayerSpec = Union[None, str, nn.Module, Sequence[Union[str, nn.Module]]]
@@ -99,6 +109,7 @@ def resolve_layers(model: nn.Module, layers: LayerSpec) -> list[tuple[str, nn.Mo
         LayerError: a name that does not exist (with close matches) or a module outside the model.
         InputTypeError: an entry that is neither a string nor a module.
     """
+    check_not_scripted(model)
     if isinstance(layers, (str, nn.Module)):
         items: list = [layers]
     elif isinstance(layers, Sequence):
@@ -191,27 +202,234 @@ def _is_conv(m: nn.Module, rank: int) -> bool:
     return cls is not None and (isinstance(m, cls) or getattr(m, "_ndcam_type", None) == cls.__name__)
 
 
-def _choose(records: list[_Record], rank: int) -> str | None:
-    candidates = [i for i, (_, m, shape, fl) in enumerate(records) if _is_conv(m, rank) and _is_spatial(shape, fl, rank)]
-    if not candidates:
+_POOLS = (
+    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d,
+    nn.AdaptiveMaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d,
+)
+
+
+def _is_pool(m: nn.Module) -> bool:
+    return isinstance(m, _POOLS) or "Pool" in type(m).__name__
+
+
+def _is_patch_embedding(m: nn.Module) -> bool:
+    """A convolution that cuts the input into non-overlapping patches (kernel == stride > 1): ViT/Swin-style."""
+    kernel, stride = getattr(m, "kernel_size", None), getattr(m, "stride", None)
+    if kernel is None or stride is None:
+        return False
+    return tuple(kernel) == tuple(stride) and any(s > 1 for s in stride)
+
+
+def _coarser(grid: tuple[int, ...]) -> list[tuple[int, ...]]:
+    """Grids reached from ``grid`` by halving every axis 1 to 6 times (patch merging; floor or ceil)."""
+    out: list[tuple[int, ...]] = []
+    for k in range(1, 7):
+        for rnd in (math.floor, math.ceil):
+            g = tuple(max(1, int(rnd(s / 2**k))) for s in grid)
+            if g != grid and g not in out and math.prod(g) > 1:
+                out.append(g)
+    return out
+
+
+_MAX_PREFIX = 8  # class token, distillation token, register tokens
+
+
+@dataclass(frozen=True)
+class _Choice:
+    """The automatic layer with the layout of its output: ``cf`` (N, C, *grid), ``cl`` (N, *grid, C) or ``tokens``
+    (N, prefix + prod(grid), C).
+    """
+
+    name: str
+    layout: str
+    grid: tuple[int, ...]
+    prefix: int
+    shape: tuple[int, ...]
+
+    @property
+    def expected(self) -> tuple[int, ...]:
+        """The ``(N, C, *grid)`` shape a correct reshape turns the traced output into."""
+        channels = self.shape[1] if self.layout == "cf" else self.shape[-1]
+        return (self.shape[0], channels, *self.grid)
+
+    def reshape(self) -> TokenGrid | None:
+        if self.layout == "cf":
+            return None
+        if self.layout == "cl":
+            return TokenGrid(self.grid, channels_last=True)
+        return TokenGrid(self.grid, prefix=self.prefix)
+
+    def suggestion(self) -> str:
+        r = self.reshape()
+        if r is None:
+            return f"layers={self.name!r}"
+        args = f"{self.grid}" + (f", prefix={self.prefix}" if self.prefix else "")
+        args += ", channels_last=True" if self.layout == "cl" else ""
+        return f"layers={self.name!r}, reshape=ndcam.TokenGrid({args})"
+
+
+def _layout(record: _Record, rank: int, g0: tuple[int, ...], coarser: list[tuple[int, ...]], patch: bool,
+            merged: bool = True, channels: int | None = None):
+    """``(layout, grid, prefix)`` if a traced output is the anchor's feature map in some layout, else ``None``.
+
+    Channel-first maps must keep the anchor convolution's grid exactly (a pooling that halves it ends the feature
+    map, as in VGG); channels-last and token outputs may also be on a grid halved by patch merging (Swin), once
+    ``merged`` says the feature map already went channels-last or to tokens.
+    """
+    _, module, shape, floating = record
+    if shape is None or not floating:
         return None
-    unpooled = [i for i in candidates if any(s != 1 for s in records[i][2][2:])]
-    last_conv = (unpooled or candidates)[-1]
-    conv_spatial = records[last_conv][2][2:]
-    chosen = last_conv
-    for j in range(last_conv + 1, len(records)):
-        _, _, shape, fl = records[j]
-        if not (_is_spatial(shape, fl, rank) and shape[2:] == conv_spatial):
-            break
-        chosen = j
+    cf = len(shape) == rank + 2 and shape[2:] == g0
+    if _is_pool(module) or isinstance(module, nn.modules.conv._ConvNd) or _is_conv(module, rank):
+        return ("cf", g0, 0) if cf else None  # convolutions and poolings of any rank give channel-first maps
+    # coarser grids only once the map is channels-last or tokens (patch merging), never for a pooled CNN map
+    grids = ([g0] if math.prod(g0) > 1 else []) + (coarser if merged else [])
+    tok = None
+    if len(shape) == 3 and shape[2] > 1:
+        for p in range(_MAX_PREFIX + 1):
+            hit = next((g for g in grids if math.prod(g) == shape[1] - p), None)
+            if hit is not None:
+                tok = ("cl" if rank == 1 and p == 0 else "tokens", hit, p)  # rank 1: (N, L, C) is channels-last
+                break
+    if cf:
+        # rank 1: (N, C, L) and tokens (N, T, D) look alike; after a patch embedding, tokens win
+        return tok if tok is not None and rank == 1 and patch else ("cf", g0, 0)
+    if rank >= 2 and len(shape) == rank + 2 and shape[-1] > 1 and shape[1:-1] in grids:
+        return ("cl", shape[1:-1], 0)
+    if tok is not None:
+        if rank == 1 and not merged and channels is not None and shape[2] != channels:
+            return None  # going to (N, L, C) keeps the channel count of the channel-first map it transposes
+        if rank == 1 and not patch and shape[2] in {g[0] for g in [g0, *coarser]}:
+            return None  # a channel-first map on a coarser grid (after pooling), not tokens
+        return tok
+    return None
+
+
+def _choose(records: list[_Record], rank: int) -> list[_Choice]:
+    """Candidates for the automatic layer, best first (see the module docstring); empty without a convolution of the
+    input's rank.
+    """
+    convs = [i for i, (_, m, shape, fl) in enumerate(records) if _is_conv(m, rank) and _is_spatial(shape, fl, rank)]
+    if not convs:
+        return []
+    shapes = [r[2] or () for r in records]  # every conv candidate has a shape; () keeps the type checker calm
+    unpooled = [i for i in convs if any(s != 1 for s in shapes[i][2:])]
+    anchor = (unpooled or convs)[-1]
+    g0 = shapes[anchor][2:]
+    coarser = _coarser(g0)
+    patch = _is_patch_embedding(records[anchor][1])
+    family: list[tuple[int, tuple]] = [(anchor, ("cf", g0, 0))]
+    for j in range(anchor + 1, len(records)):
+        merged = any(lay[0] != "cf" for _, lay in family)
+        lay = _layout(records[j], rank, g0, coarser, patch, merged, shapes[family[-1][0]][1])
+        prev_j, prev = family[-1]
+        shape, before = shapes[j], shapes[prev_j]
+        if lay is not None and rank == 1 and prev[0] == "cl" and len(before) == 3 and shape == (
+                before[0], before[2], before[1]):
+            # (N, L, C) transposed back to (N, C, L): channel-first, a feature map only on the anchor's grid
+            lay = ("cf", g0, 0) if shape[2:] == g0 else None
+        if lay is not None:
+            family.append((j, lay))
     # a module called several times (a shared ReLU) is a poor target: step back to the nearest single-call module
     calls = _call_counts(records)
-    while chosen > last_conv and calls[records[chosen][0]] > 1:
-        chosen -= 1
-    return records[chosen][0]
+    out = [_Choice(records[j][0], lay[0], tuple(lay[1]), lay[2], records[j][2])
+           for j, lay in reversed(family) if calls[records[j][0]] == 1 or j == anchor]
+    return out
+
+
+def _first_tensor(out: object) -> torch.Tensor | None:
+    if isinstance(out, torch.Tensor):
+        return out if out.is_floating_point() else None
+    if isinstance(out, dict):
+        out = list(out.values())
+    elif hasattr(out, "__dataclass_fields__"):
+        out = [getattr(out, k) for k in out.__dataclass_fields__]
+    if isinstance(out, (list, tuple)):
+        for item in out:
+            t = _first_tensor(item)
+            if t is not None:
+                return t
+    return None
+
+
+def _reaching(model: nn.Module, x: torch.Tensor, candidates: list[_Choice]) -> _Choice | str:
+    """For class-token models: the last token layer whose *patch* tokens still reach the output.
+
+    After the last attention, a ViT's head reads the class token only, so the patch tokens of the final norm get
+    exactly zero gradient (an all-zero map). One probe forward and backward of a single sample (eval mode, no
+    parameter ``.grad`` written) finds the last candidate with a non-zero patch-token gradient: the normalization
+    that feeds the last attention (timm's ``blocks[-1].norm1``).
+    """
+    tokens = [c for c in candidates if c.layout == "tokens"]
+    norms = [c for c in tokens if "Norm" in type(model.get_submodule(c.name)).__name__]
+    tokens = norms or tokens  # the block's normalization, never a projection inside the attention
+    store: dict[str, torch.Tensor] = {}
+    handles = [model.get_submodule(c.name).register_forward_hook(
+        lambda m, i, o, name=c.name: store.setdefault(name, o) if isinstance(o, torch.Tensor) else None)
+        for c in tokens]
+    was_training = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        with torch.enable_grad():
+            xs = x[:1].detach().clone().requires_grad_(True)
+            try:
+                out = _first_tensor(model(xs))
+            except (RuntimeError, ValueError, TypeError, IndexError):
+                store.clear()
+                out = _first_tensor(model(x.detach().clone().requires_grad_(True)))
+            have = [c for c in tokens if c.name in store and store[c.name].requires_grad]
+            grads = torch.autograd.grad(out.sum(), [store[c.name] for c in have], allow_unused=True) \
+                if out is not None and out.requires_grad and have else []
+    finally:
+        for h in handles:
+            h.remove()
+        for m, flag in was_training.items():
+            m.training = flag
+    for c, g in zip(have, grads):
+        if g is not None and bool(g[:, c.prefix:].abs().amax() > 0):
+            return c
+    last = tokens[0]
+    return (f"{type(model).__name__} looks like a token model, but no module output after its patch embedding carries "
+            f"gradient to the patch tokens (the head reads the class token, which reads patch tokens only through "
+            f"attention, and the modules before the last attention give no tensor); pass a module whose output feeds "
+            f"the last attention, e.g. the previous block, with layers='<name>', "
+            f"reshape=ndcam.TokenGrid({last.grid}, prefix={last.prefix})")
+
+
+def _token_hint(records: list[_Record], x: torch.Tensor) -> str:
+    """For a model without a convolution of the input's rank: the exact ``layers=``/``reshape=`` if its last
+    token output ``(N, T, D)`` can be laid on a grid proportional to the input, else what to fill in.
+    """
+    tokens = [(n, s) for n, _, s, fl in records if fl and s is not None and len(s) == 3 and s[2] > 1]
+    if not tokens:
+        return ""
+    calls = _call_counts(records)
+    name, shape = next(((n, s) for n, s in reversed(tokens) if calls[n] == 1), tokens[-1])
+    size = tuple(x.shape[2:])
+    for p in range(_MAX_PREFIX + 1):
+        for patch in range(1, max(size) + 1):
+            grid = tuple(s // patch for s in size)
+            if all(s % patch == 0 for s in size) and math.prod(grid) == shape[1] - p:
+                pre = f", prefix={p}" if p else ""
+                return (f"; if it is a token model whose last normalization is {name!r} (output {shape}), pass "
+                        f"layers={name!r}, reshape=ndcam.TokenGrid({grid}{pre}) (patch size {patch} assumed)")
+    return (f"; if it is a token model whose last normalization is {name!r} (output {shape}), pass layers={name!r}, "
+            f"reshape=ndcam.TokenGrid(grid=<patch grid>, prefix=<number of class/register tokens>)")
+
+
+def check_not_scripted(model: object) -> None:
+    """Refuse TorchScript modules with one clear error: they cannot take forward hooks, so no CAM can be read."""
+    if isinstance(model, torch.jit.ScriptModule):
+        raise InputTypeError(
+            f"{type(model).__name__} is a TorchScript module (torch.jit.script/trace/load): TorchScript modules cannot "
+            f"take forward hooks, so ndcam can neither list their layers nor read activations from them; explain the "
+            f"original Python nn.Module (build the model class and load_state_dict the weights), or export it with "
+            f"torch.export and load the archive (ndcam's command line accepts .pt2 files)"
+        )
 
 
 def _probe(model: nn.Module, x: torch.Tensor) -> list[_Record]:
+    check_not_scripted(model)
     was_training = {m: m.training for m in model.modules()}
     model.eval()
     try:
@@ -226,40 +444,94 @@ def _probe(model: nn.Module, x: torch.Tensor) -> list[_Record]:
             m.training = flag
 
 
-def auto_layer(model: nn.Module, x: torch.Tensor) -> tuple[str, nn.Module]:
-    """Choose the target layer for ``model`` on inputs shaped like ``x`` (see the module docstring).
-
-    The choice is cached per model and per input shape/dtype/device, so only the first call pays for the probe (one
-    forward pass of a single sample, in eval mode, without gradients).
-
-    Raises:
-        LayerError: no convolution of the input's rank produces a spatial map; pass ``layers=`` explicitly.
-    """
+def _auto(model: nn.Module, x: torch.Tensor) -> _Choice:
+    """The cached automatic choice for inputs shaped like ``x``; :class:`LayerError` when there is none."""
+    check_not_scripted(model)
     rank = x.ndim - 2
     key = (tuple(x.shape[1:]), x.dtype, x.device, sum(1 for _ in model.modules()))
     cache = _AUTO_CACHE.setdefault(model, {})
     if key not in cache:
         records = _probe(model, x)
-        cache[key] = _choose(records, rank)
-    name = cache[key]
-    if name is None:
-        kind = {1: "Conv1d", 2: "Conv2d", 3: "Conv3d"}.get(rank, f"rank-{rank} convolution")
-        dims = {1: "L", 2: "H, W", 3: "D, H, W"}.get(rank, f"<{rank} axes>")
-        raise LayerError(
-            f"no {kind} producing a (N, C, {dims}) map was found in "
-            f"{type(model).__name__} for an input of shape {tuple(x.shape)}; pass layers='<dotted name>' "
-            f"(ndcam.list_layers(model, x) shows candidates with their output shapes)"
-        )
-    return name, model.get_submodule(name)
+        candidates = _choose(records, rank)
+        if not candidates:
+            kind = {1: "Conv1d", 2: "Conv2d", 3: "Conv3d"}.get(rank, f"rank-{rank} convolution")
+            dims = {1: "L", 2: "H, W", 3: "D, H, W"}.get(rank, f"<{rank} axes>")
+            cache[key] = (
+                f"no {kind} producing a (N, C, {dims}) map was found in {type(model).__name__} for an input of shape "
+                f"{tuple(x.shape)}; pass layers='<dotted name>' (ndcam.list_layers(model, x) shows candidates with "
+                f"their output shapes){_token_hint(records, x)}"
+            )
+        elif candidates[0].layout == "tokens" and candidates[0].prefix > 0:
+            cache[key] = _reaching(model, x, candidates)
+        else:
+            cache[key] = candidates[0]
+    choice = cache[key]
+    if isinstance(choice, str):
+        raise LayerError(choice)
+    return choice
 
 
-def auto_choice(model: nn.Module, x: torch.Tensor) -> tuple[list[tuple[str, nn.Module]], Callable | None]:
-    """The automatic choice for ``layers=None``: ``([(name, module), ...], reshape or None)``.
+def auto_layer(model: nn.Module, x: torch.Tensor) -> tuple[str, nn.Module]:
+    """Choose the target layer for ``model`` on inputs shaped like ``x`` (see the module docstring).
 
-    ``reshape`` is the adapter the chosen layer needs (a :class:`TokenGrid` for token models), or ``None`` when its
-    output is already ``(N, C, *spatial)``.
+    The choice is cached per model and per input shape/dtype/device, so only the first call pays for the probe (one
+    forward pass of a single sample, in eval mode, without gradients). For token models, whose layer needs a
+    ``reshape``, use :func:`auto_choice`.
+
+    Raises:
+        LayerError: no convolution of the input's rank produces a spatial map, or the choice is a token layer that
+            needs a reshape (the message gives the exact ``layers=``/``reshape=``).
     """
-    return [auto_layer(model, x)], None
+    choice = _auto(model, x)
+    if choice.layout != "cf":
+        raise LayerError(
+            f"the automatic layer of {type(model).__name__} is {choice.name!r}, whose output {choice.shape} is "
+            f"{'channels-last' if choice.layout == 'cl' else 'tokens'}; it needs a reshape: pass {choice.suggestion()}"
+        )
+    return choice.name, model.get_submodule(choice.name)
+
+
+def auto_choice(
+    model: nn.Module, x: torch.Tensor, reshape: Callable | None = None
+) -> tuple[list[tuple[str, nn.Module]], Callable | None]:
+    """The automatic choice for ``layers=None``: ``([(name, module)], reshape or None)``.
+
+    For convolutional networks the layer is the one :func:`auto_layer` returns and the reshape is ``None``. For
+    token models (a patch-embedding convolution followed by tokens ``(N, prefix + prod(grid), D)`` or channels-last
+    maps ``(N, *grid, D)``) the layer is the last module that still gives one feature vector per patch (the final
+    normalization before the head) and the reshape is the matching :class:`TokenGrid`.
+
+    Args:
+        model: the model.
+        x: an input like the ones to explain.
+        reshape: the caller's own ``reshape=``, if any: it must turn the chosen layer's output into
+            ``(N, C, *grid)``; it is then returned as the reshape to use.
+
+    Raises:
+        LayerError: no usable layer (with the exact ``layers=``/``reshape=`` to pass where it can be read off the
+            model), or a given ``reshape`` that does not fit the chosen layer's output (a channels-last permutation
+            applied to an ``(N, C, H, W)`` map would silently give a wrong map).
+    """
+    choice = _auto(model, x)
+    module = model.get_submodule(choice.name)
+    if reshape is None:
+        return [(choice.name, module)], choice.reshape()
+    got: object
+    try:
+        got = reshape(torch.zeros(choice.shape, dtype=x.dtype))
+        got = tuple(got.shape) if isinstance(got, torch.Tensor) else type(got).__name__
+    except Exception as err:  # noqa: BLE001 - any failure of the user's callable means "does not fit"
+        got = f"an error ({type(err).__name__}: {err})"
+    if got != choice.expected:
+        layout = {"cf": "channel-first (N, C, *grid)", "cl": "channels-last (N, *grid, C)", "tokens": "tokens"}
+        raise LayerError(
+            f"reshape={reshape!r} does not fit the automatic layer {choice.name!r} of {type(model).__name__}: its "
+            f"output {choice.shape} is {layout[choice.layout]} and must become {choice.expected}, but the reshape "
+            f"gives {got}; pass {choice.suggestion()}"
+            + (" (no reshape)" if choice.layout == "cf" else "")
+            + ", or name the layer your reshape is meant for with layers="
+        )
+    return [(choice.name, module)], reshape
 
 
 def list_layers(model: nn.Module, x: torch.Tensor, *, spatial_only: bool = False) -> list[LayerInfo]:
@@ -279,6 +551,7 @@ def list_layers(model: nn.Module, x: torch.Tensor, *, spatial_only: bool = False
         >>> [i.name for i in ndcam.list_layers(net, torch.randn(1, 1, 32), spatial_only=True)]
         ['0', '1', '2']
     """
+    check_not_scripted(model)
     if not isinstance(x, torch.Tensor) or x.ndim < 3:
         raise InputError(f"x must be a tensor (N, C, *spatial); got {getattr(x, 'shape', type(x).__name__)}")
     records = _probe(model, x)
@@ -338,9 +611,12 @@ class TokenGrid:
         return tokens.transpose(1, 2).unflatten(2, grid)
 
     def _infer(self, count: int) -> tuple[int, ...]:
-        side = round(count ** (1 / self.rank))
-        if side**self.rank != count:
+        rank = self.rank
+        if rank is None:  # only reachable for channels_last=True without a grid, which never infers
+            raise LayerError("TokenGrid needs grid=(...) or rank= to lay tokens on a grid")
+        side = round(count ** (1 / rank))
+        if side**rank != count:
             raise LayerError(
-                f"TokenGrid cannot infer a rank-{self.rank} grid from {count} tokens (not a perfect power); pass grid="
+                f"TokenGrid cannot infer a rank-{rank} grid from {count} tokens (not a perfect power); pass grid="
             )
-        return (side,) * self.rank
+        return (side,) * rank

@@ -108,3 +108,13 @@ def test_list_layers_shows_shapes_and_marks_usable_layers(rank):
     assert [i.name for i in infos][:3] == ["conv1", "bn1", "act1"]
     assert all(i.spatial for i in ndcam.list_layers(model, x, spatial_only=True))
     assert "feat" in str(by["feat"])
+
+
+def test_a_pooled_cnn_map_whose_shape_looks_channels_last_is_not_followed():
+    """(N, 4, 4, 4) after pooling an 8x8 map has (C, H) == a halved grid; it is a pooled CNN map, not Swin."""
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Identity(),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2)).eval()
+    assert auto_layer(net, torch.randn(1, 1, 8, 8))[0] == "1"
+    ecg = nn.Sequential(nn.Conv1d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool1d(2), nn.Identity(),
+                        nn.AdaptiveAvgPool1d(1), nn.Flatten(), nn.Linear(8, 2)).eval()
+    assert auto_layer(ecg, torch.randn(1, 1, 16))[0] == "1"  # (1, 8, 8) after pooling: not tokens

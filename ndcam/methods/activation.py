@@ -58,11 +58,21 @@ class CAM(BaseCAM):
     As in the paper, no ReLU is applied (the raw map can be negative). For such a network Grad-CAM's weights are
     :math:`W_{k,c}/|S|`, so Grad-CAM equals CAM up to the ReLU.
 
+    The formula holds only if the layer's spatial mean is exactly what the classifier receives and the classifier's
+    output is the model's output, so both are checked on every call (numerically, on the forward pass that is
+    explained): the classifier's input must equal the global average of the layer's activation (or, for a kernel-1
+    convolution applied before pooling, the activation itself), and its output must be the model's output (or the
+    logits a final softmax/log-softmax/sigmoid turns into it). Otherwise CAM refuses with a :class:`~ndcam.LayerError`:
+    a hidden ``Linear`` (MobileNetV3's ``Linear(576, 1024)``) has no class rows, and features read before an operation
+    that runs ahead of the pooling (DenseNet's ``F.relu`` after ``features``) are not what the classifier averages.
+    Grad-CAM has neither restriction.
+
     Args:
         model: the model.
         layers: the layer before global pooling (default: automatic).
-        fc: the classifier (dotted name or module); default: the last ``nn.Linear`` (or kernel-1 convolution) of the
-            model whose input size equals the layer's channel count.
+        fc: the classifier (dotted name or module); default: the ``nn.Linear`` (or kernel-1 convolution) that
+            receives the layer's global average and gives the model's output. A given ``fc`` is checked only for its
+            input (its output may be rescaled, e.g. by a temperature, before the model returns it).
     """
 
     uses_gradients = False
@@ -71,8 +81,16 @@ class CAM(BaseCAM):
     def __init__(self, model: nn.Module, layers=None, *, fc: str | nn.Module | None = None, **options) -> None:
         super().__init__(model, layers, **options)
         self._fc = None if fc is None else resolve_layers(model, fc)[0][1]
-        if self._fc is not None and not isinstance(self._fc, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+        if self._fc is not None and not self._is_classifier(self._fc):
             raise LayerError(f"fc must be an nn.Linear or a kernel-1 convolution, got {type(self._fc).__name__}")
+        self._seen: dict[nn.Module, tuple[torch.Tensor, torch.Tensor]] | None = None
+        self._outputs: list[torch.Tensor] = []
+
+    @staticmethod
+    def _is_classifier(m: nn.Module) -> bool:
+        if isinstance(m, nn.Linear):
+            return True
+        return isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) and m.groups == 1 and all(k == 1 for k in m.kernel_size)
 
     def check_targets(self, targets) -> None:
         if callable(targets) and not isinstance(targets, torch.Tensor):
@@ -81,22 +99,120 @@ class CAM(BaseCAM):
                 "custom scores use GradCAM, which equals CAM on global-pooling + linear heads"
             )
 
-    def _fc_weight(self, channels: int) -> torch.Tensor:
-        candidates = [self._fc] if self._fc is not None else list(self.model.modules())[::-1]
-        for m in candidates:
-            if isinstance(m, nn.Linear) and m.in_features == channels:
-                return m.weight
-            if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) and m.in_channels == channels and m.groups == 1 \
-                    and all(k == 1 for k in m.kernel_size):
-                return m.weight.reshape(m.out_channels, channels)
-        raise LayerError(
-            f"CAM: no nn.Linear with in_features={channels} (the target layer's channels) found"
-            + (" (the given fc does not match)" if self._fc is not None else "")
-            + "; CAM needs global pooling followed by one linear classifier -- pass fc=... or use GradCAM"
-        )
+    def _run(self, x, targets, score_fn, class_idx, upsample: bool, normalize: bool):
+        """Record every candidate classifier's input and output and the model's output on the explained forward."""
+        seen: dict[nn.Module, tuple[torch.Tensor, torch.Tensor]] = {}
+        outputs: list[torch.Tensor] = []
+
+        def start(module: nn.Module, inputs: tuple) -> None:  # each forward of the model (a probe, then the call)
+            seen.clear()
+            outputs.clear()
+
+        def record(module: nn.Module, inputs: tuple, output: object) -> None:
+            if module not in seen and inputs and isinstance(inputs[0], torch.Tensor) and isinstance(output, torch.Tensor):
+                seen[module] = (inputs[0].detach(), output.detach())
+
+        def record_output(module: nn.Module, inputs: tuple, output: object) -> None:
+            outputs.extend(CAM._tensors(output))
+
+        candidates = [self._fc] if self._fc is not None else [m for m in self.model.modules() if self._is_classifier(m)]
+        handles = [m.register_forward_hook(record) for m in candidates]
+        handles += [self.model.register_forward_pre_hook(start), self.model.register_forward_hook(record_output)]
+        self._seen, self._outputs = seen, outputs
+        try:
+            return super()._run(x, targets, score_fn, class_idx, upsample, normalize)
+        finally:
+            for h in handles:
+                h.remove()
+            self._seen, self._outputs = None, []
+
+    @staticmethod
+    def _tensors(out: object) -> list[torch.Tensor]:
+        """Every tensor in a model output (tensor, dict, tuple/list, dataclass), detached."""
+        if isinstance(out, torch.Tensor):
+            return [out.detach()]
+        if isinstance(out, dict):
+            return [t for v in out.values() for t in CAM._tensors(v)]
+        if isinstance(out, (list, tuple)):
+            return [t for v in out for t in CAM._tensors(v)]
+        if hasattr(out, "__dataclass_fields__"):
+            return [t for k in out.__dataclass_fields__ for t in CAM._tensors(getattr(out, k))]
+        return []
+
+    @staticmethod
+    def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
+        if a.shape != b.shape:
+            return False
+        a, b = a.double(), b.double()
+        rtol = {torch.float64: 1e-7, torch.float32: 1e-4}.get(a.dtype, 1e-2)
+        rtol = max(rtol, {torch.float64: 1e-7, torch.float32: 1e-4}.get(b.dtype, 1e-2))
+        scale = float(b.abs().max()) if b.numel() else 0.0
+        return bool(torch.allclose(a, b, rtol=rtol, atol=rtol * max(scale, 1e-12)))
+
+    def _is_model_output(self, out: torch.Tensor, n: int, *, pooled: bool) -> bool:
+        """Whether a classifier's output (pooled over space first if ``pooled``) is the model's output or its logits."""
+        logits = out.flatten(2).mean(2) if pooled and out.ndim > 2 else out
+        logits = logits.reshape(n, -1).double()
+        forms = [logits, torch.softmax(logits, 1), torch.log_softmax(logits, 1), torch.sigmoid(logits)]
+        return any(self._close(f, t.reshape(n, -1)) for t in self._outputs if t.numel() == logits.numel()
+                   for f in forms)
+
+    def _fc_weight(self, activations: torch.Tensor) -> torch.Tensor:
+        """The verified classifier's weight ``(classes, C)`` for one captured activation ``(N, C, *S)``."""
+        from ..layers import module_name
+
+        n, channels = activations.shape[:2]
+        mean = activations.flatten(2).mean(2)
+        seen = self._seen or {}
+        size = {m: (m.in_features if isinstance(m, nn.Linear) else m.in_channels) for m in seen}
+        ran = [m for m in seen if size[m] == channels]
+        label = ", ".join(f"{module_name(self.model, m)!r} ({type(m).__name__} {size[m]}->"
+                          f"{m.out_features if isinstance(m, nn.Linear) else m.out_channels})" for m in seen)
+        if not ran:
+            raise LayerError(
+                f"CAM: no nn.Linear (or kernel-1 convolution) with {channels} input features -- the target layer's "
+                f"channels -- ran in the forward pass"
+                + (f" (the given fc is {label})" if self._fc is not None else (f" (those that ran: {label})" if label else ""))
+                + "; CAM needs the layer to feed global average pooling and one linear classifier -- pass the layer "
+                "before the pooling, fc=..., or use GradCAM"
+            )
+        fed = []
+        for m in ran:
+            inp, out = seen[m]
+            if inp.numel() == mean.numel() and self._close(inp.reshape(n, channels).to(mean.dtype), mean):
+                fed.append((m, out, False))
+            elif inp.shape == activations.shape and self._close(inp.to(activations.dtype), activations):
+                fed.append((m, out, True))  # kernel-1 conv applied to the map, pooled afterwards
+        if not fed:
+            raise LayerError(
+                f"CAM: the classifier candidate(s) {', '.join(repr(module_name(self.model, m)) for m in ran)} do not "
+                f"receive the global average of the target layer's activation: something other than global average "
+                f"pooling runs between the layer and the classifier (e.g. DenseNet's F.relu after 'features', a head "
+                f"that reads a class token, or a layer that is not the last before pooling), so its classifier rows "
+                f"would weight the wrong activations; choose the module whose "
+                f"spatial mean the classifier receives, or use GradCAM (it reads gradients through whatever runs in "
+                f"between)"
+            )
+        if self._fc is not None:
+            m = fed[0][0]
+        else:
+            final = [(m, out, pooled) for m, out, pooled in fed if self._is_model_output(out, n, pooled=pooled)]
+            if not final:
+                m = fed[0][0]
+                raise LayerError(
+                    f"CAM: {module_name(self.model, m)!r} ({type(m).__name__}) receives the global average of the "
+                    f"target layer, but its output is not the model's output: more layers follow it (a hidden layer, "
+                    f"as in MobileNetV3's Linear -> Hardswish -> Dropout -> Linear classifier), so its rows are not "
+                    f"class weights; CAM needs global pooling followed by ONE linear classifier -- use GradCAM, or pass "
+                    f"fc= if the model only rescales that layer's output"
+                )
+            m = final[0][0]
+        w = m.weight
+        assert isinstance(w, torch.Tensor)
+        return w if isinstance(m, nn.Linear) else w.reshape(w.shape[0], channels)
 
     def weights(self, activations, gradients, classes):
-        w = self._fc_weight(activations.shape[1]).detach().to(activations.dtype)
+        w = self._fc_weight(activations).detach().to(activations.dtype)
         if classes is None:
             raise InputError("CAM needs class indices")
         if w.shape[0] > 1 and int(classes.max()) >= w.shape[0]:
