@@ -41,7 +41,7 @@ from .. import ops
 from .._errors import BatchDependenceWarning, ConstantMapWarning, InputError, InputTypeError, LayerError
 from ..capture import Capture, ModelInputs, ModelState, model_lock
 from ..explanation import Explanation
-from ..layers import LayerSpec, auto_choice, resolve_layers
+from ..layers import LayerSpec, auto_choice, check_not_scripted, resolve_layers
 from ..smoothing import Augmentations, smooth
 from ..targets import Targets, TargetSpec, _TopClass, logits_of, resolve_targets
 
@@ -189,11 +189,11 @@ class _Bound(nn.Module):
 _AUTO_WITH_INPUTS: weakref.WeakKeyDictionary[nn.Module, dict] = weakref.WeakKeyDictionary()
 
 
-def _auto_with_inputs(model: nn.Module, x: torch.Tensor, inputs: ModelInputs):
-    key = (tuple(x.shape[1:]), x.dtype, x.device, sum(1 for _ in model.modules()), inputs.signature())
+def _auto_with_inputs(model: nn.Module, x: torch.Tensor, inputs: ModelInputs, user_reshape: Callable | None = None):
+    key = (tuple(x.shape[1:]), x.dtype, x.device, sum(1 for _ in model.modules()), inputs.signature(), id(user_reshape))
     cache = _AUTO_WITH_INPUTS.setdefault(model, {})
     if key not in cache:
-        layers, reshape = auto_choice(_Bound(model, inputs), x)
+        layers, reshape = auto_choice(_Bound(model, inputs), x, reshape=user_reshape)
         if any(name == "model" for name, _ in layers):
             raise LayerError(f"the automatic layer choice picked the whole {type(model).__name__}; pass layers=")
         cache[key] = ([name.split(".", 1)[1] for name, _ in layers], reshape)
@@ -259,14 +259,7 @@ class BaseCAM:
         aug_smooth: bool | Augmentations = False,
         per_sample: bool = False,
     ) -> None:
-        if isinstance(model, torch.jit.ScriptModule):
-            raise InputTypeError(
-                f"{type(model).__name__} is a TorchScript module (torch.jit.script/trace/load): TorchScript modules "
-                f"cannot take forward hooks reliably (their compiled forward does not call Python hooks), so ndcam cannot "
-                f"read activations from them; explain the original Python nn.Module (the eager model: build its class "
-                f"and load_state_dict the weights), or export it with torch.export.export(model, (x,)) and load the "
-                f"archive with ndcam.io.load_model('model.pt2')"
-            )
+        check_not_scripted(model)  # one refusal, shared with layer listing and the automatic choice
         if not isinstance(model, nn.Module):
             raise InputTypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if reshape is not None and not callable(reshape):
@@ -505,14 +498,14 @@ class BaseCAM:
         if type(self)._default_layers is not BaseCAM._default_layers:  # FullGrad, Guided Backprop
             return self._default_layers(ctx.x), self.reshape
         if ctx.inputs:
-            layers, reshape = _auto_with_inputs(self.model, ctx.x, ctx.inputs)
+            layers, reshape = _auto_with_inputs(self.model, ctx.x, ctx.inputs, self.reshape)
         else:
-            layers, reshape = auto_choice(self.model, ctx.x)
+            layers, reshape = auto_choice(self.model, ctx.x, reshape=self.reshape)
         return layers, self.reshape if self.reshape is not None else reshape
 
     def _default_layers(self, x: torch.Tensor) -> list[tuple[str, nn.Module]]:
         """Layers used when ``layers=None``: the automatic choice (methods may override)."""
-        return auto_choice(self.model, x)[0]
+        return auto_choice(self.model, x, reshape=self.reshape)[0]
 
     def _layer_maps(self, ctx: CallContext) -> list[torch.Tensor]:
         """Raw maps ``(N, K, *S_l)``, one per captured layer call, for the K target scores ``ctx.scores`` ``(N, K)``.
