@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from ._errors import ForwardError, InputError, InputTypeError, LayerError, forward_failed
+from .capture import model_lock
 from .models import CONV
 
 __all__ = [
@@ -170,7 +171,7 @@ def _trace(model: nn.Module, x: torch.Tensor) -> list[_Record]:
     try:
         with torch.no_grad():
             model(x)
-    except (RuntimeError, ValueError, TypeError, IndexError) as err:
+    except (RuntimeError, ValueError, TypeError, IndexError, AssertionError) as err:
         raise forward_failed(model, x, err) from err
     finally:
         for h in handles:
@@ -374,7 +375,7 @@ def _reaching(model: nn.Module, x: torch.Tensor, candidates: list[_Choice]) -> _
             xs = x[:1].detach().clone().requires_grad_(True)
             try:
                 out = _first_tensor(model(xs))
-            except (RuntimeError, ValueError, TypeError, IndexError):
+            except (RuntimeError, ValueError, TypeError, IndexError, AssertionError):
                 store.clear()
                 out = _first_tensor(model(x.detach().clone().requires_grad_(True)))
             have = [c for c in tokens if c.name in store and store[c.name].requires_grad]
@@ -430,6 +431,11 @@ def check_not_scripted(model: object) -> None:
 
 def _probe(model: nn.Module, x: torch.Tensor) -> list[_Record]:
     check_not_scripted(model)
+    with model_lock(model):  # a probe switches the model to eval: never while another thread explains it
+        return _probe_locked(model, x)
+
+
+def _probe_locked(model: nn.Module, x: torch.Tensor) -> list[_Record]:
     was_training = {m: m.training for m in model.modules()}
     model.eval()
     try:
@@ -462,7 +468,8 @@ def _auto(model: nn.Module, x: torch.Tensor) -> _Choice:
                 f"their output shapes){_token_hint(records, x)}"
             )
         elif candidates[0].layout == "tokens" and candidates[0].prefix > 0:
-            cache[key] = _reaching(model, x, candidates)
+            with model_lock(model):  # the gradient probe switches the model to eval, like the trace
+                cache[key] = _reaching(model, x, candidates)
         else:
             cache[key] = candidates[0]
     choice = cache[key]
