@@ -346,7 +346,7 @@ def first_principal_component(t: torch.Tensor, reference: torch.Tensor | None = 
     scale = x.reshape(n, -1).abs().amax(1)
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))
     x = x / scale[:, None, None]
-    x = x - x.mean(dim=1, keepdim=True)
+    x -= x.mean(dim=1, keepdim=True)
     # the leading singular direction from the smaller of the two Gram matrices (S x S or C x C): same projection
     # as an SVD, at a fraction of its cost when channels and positions differ a lot
     proj = _stable_direction(x)
