@@ -76,3 +76,66 @@ def test_warnings_html_explains_constant_maps():
     assert "try another" in report.warnings_html([ConstantMapWarning("map is constant")])
     with pytest.raises(Exception):
         report.decode_viewer_arrays("<div></div>", "nope")
+
+
+NODE_HARNESS = r"""
+const fs = require("fs");
+const html = fs.readFileSync(process.argv[2], "utf8");
+const els = {};
+let m;
+const txt = /<script type="text\/plain" id="([^"]+)"[^>]*>([^<]*)<\/script>/g;
+while ((m = txt.exec(html))) els[m[1]] = {textContent: m[2]};
+const rng = /<input type="range" id="([^"]+)" min="0" max="\d+" value="(\d+)"/g;
+while ((m = rng.exec(html))) els[m[1]] = {value: m[2]};
+const cvs = /<canvas id="([^"]+)" width="(\d+)" height="(\d+)"/g;
+while ((m = cvs.exec(html))) {
+  const c = {w: +m[2], h: +m[3]};
+  c.getContext = () => ({createImageData: (w, h) => ({data: new Uint8ClampedArray(w * h * 4), width: w, height: h}),
+                         putImageData: (img) => { c.img = img; }});
+  els[m[1]] = c;
+}
+global.document = {getElementById: (id) => els[id] || (els[id] = {})};
+const code = html.match(/<script>([\s\S]*?)<\/script>/)[1];
+eval(code);
+setTimeout(() => {
+  const out = {};
+  for (const [id, e] of Object.entries(els)) {
+    if (e.img) out[id] = {w: e.img.width, h: e.img.height, r: Array.from(e.img.data.filter((_, i) => i % 4 == 0))};
+    else if (e.textContent !== undefined && !id.endsWith("vol") && !id.endsWith("map") && !id.endsWith("lut"))
+      out[id] = e.textContent;
+  }
+  console.log(JSON.stringify(out));
+}, 300);
+"""
+
+
+def test_viewer_javascript_draws_the_python_slices(tmp_path):
+    import json
+    import shutil
+    import subprocess
+
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed: the viewer's JavaScript is not run")
+    rng = np.random.default_rng(3)
+    vol = rng.random((7, 9, 11)).astype(np.float32)
+    cam = rng.random((7, 9, 11)).astype(np.float32)
+    aff = np.array([[0, -2.0, 0, 0], [0, 0, 1.0, 0], [1.5, 0, 0, 0], [0, 0, 0, 1]])
+    html = report.volume_viewer(vol, cam, "js", affine=aff, alpha=0.0)  # opacity 0: the canvas shows the greys
+    (tmp_path / "v.html").write_text(html)
+    (tmp_path / "h.js").write_text(NODE_HARNESS)
+    res = subprocess.run([node, str(tmp_path / "h.js"), str(tmp_path / "v.html")], capture_output=True, text=True,
+                         timeout=60)
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    assert out.get("js-msg", "") == ""
+    arrays = report.decode_viewer_arrays(html, "js")
+    ras = viz.to_ras(vol, aff)
+    o = viz.volume.Oriented(arrays["volume"], ras.spacing, ras.origin, True, False, ras.perm, ras.flip)
+    peak = np.unravel_index(int(np.argmax(arrays["map"])), arrays["map"].shape)
+    for plane, axis in (("axial", 2), ("coronal", 1), ("sagittal", 0)):
+        want = viz.plane_slice(o, plane, int(peak[axis]))["image"]
+        got = out[f"js-c-{plane}"]
+        assert (got["h"], got["w"]) == want.shape
+        assert np.array_equal(np.array(got["r"]).reshape(want.shape), want)
+        assert f"(slice {int(peak[axis]) + 1} of {arrays['volume'].shape[axis]})" in out[f"js-t-{plane}"]

@@ -135,7 +135,7 @@ def plane_slice(o: Oriented, plane: str, index: int, convention: str = "radiolog
     name = {2: "axial", 1: "coronal", 0: "sagittal"}[axis]
     return {"image": img, "extent": extent, "letters": (*letters, neg_letter[0], neg_letter[1]),
             "xlabel": f"{'xyz'[horiz]} (mm)", "ylabel": f"{'xyz'[vert]} (mm)",
-            "name": f"{name} {'xyz'[axis]} = {world:.1f} mm (slice {index})"}
+            "name": f"{name} {'xyz'[axis]} = {world:.1f} mm"}
 
 
 def volume_planes(volume: Any, cam: Any, affine: Any = None, convention: str = "radiological",
@@ -285,7 +285,7 @@ def plot_montage(volume: Any, cam: Any, *, axis: int = 0, plane: str | None = No
         ax.imshow(s["image"], cmap="gray", vmin=lo, vmax=hi, extent=s["extent"], interpolation="nearest")
         ax.imshow(sm["image"], cmap=cmap, alpha=alpha, vmin=0, vmax=1, extent=s["extent"],
                        interpolation="nearest")
-        ax.set_title(s["name"].split(" (")[0] if ov.oriented else f"axis {ax_i} = {idx[k]}", fontsize=7)
+        ax.set_title(s["name"] if ov.oriented else f"axis {ax_i} = {idx[k]}", fontsize=7)
         _letters(ax, s["letters"])
     map_colorbar(fig, ScalarMappable(Normalize(0, 1), cmap), ax=list(axes.ravel()), fraction=0.02, pad=0.01,
                  aspect=40)
