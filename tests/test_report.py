@@ -74,7 +74,7 @@ def test_warnings_html_explains_constant_maps():
     assert "ConstantMapWarning" in line and "try another target, layer or method" in line
     assert report.warnings_html([]) == ""
     assert "try another" in report.warnings_html([ConstantMapWarning("map is constant")])
-    with pytest.raises(Exception):
+    with pytest.raises(ValueError, match="no embedded"):
         report.decode_viewer_arrays("<div></div>", "nope")
 
 

@@ -22,10 +22,10 @@ MAP_LABEL = "map (normalized)"
 CONSTANT_HINT = "nothing to show -- try another target, layer or method"
 
 
-def as_array(t: Any) -> np.ndarray | None:
-    """Tensor or array-like to a float32 numpy array (``None`` stays ``None``)."""
+def as_array(t: Any, what: str = "array") -> np.ndarray:
+    """Tensor or array-like to a float32 numpy array (``None`` is an :class:`ndcam.InputError` naming ``what``)."""
     if t is None:
-        return None
+        raise InputError(f"{what} is None; pass an array or a tensor")
     if hasattr(t, "detach"):
         t = t.detach().float().cpu().numpy()
     return np.asarray(t, dtype=np.float32)
