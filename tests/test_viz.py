@@ -149,6 +149,22 @@ def test_twelve_lead_layout_any_order_and_case():
     x0, x1 = ax.get_xlim()
     assert bb.width / fig.dpi * 25.4 / (x1 - x0) == pytest.approx(25.0, rel=0.01)  # 25 mm/s on the page
     assert has_map_colorbar(fig)
+    # each trace sits where its lead belongs: amplitude encodes the standard lead index
+    t = np.arange(n) / fs
+    sig = np.stack([0.1 * (i + 1) * np.sin(2 * np.pi * 3 * t) for i in order])
+    fig = viz.plot_ecg12(sig, bump(n, 0.4), fs=fs, channels=names)
+    from ndcam.viz.ecg import LAYOUT, ROW_MV
+    seen = 0
+    for line in fig.axes[0].get_lines():
+        xd, yd = line.get_xdata(), line.get_ydata()
+        if len(xd) < 100:
+            continue  # calibration pulses
+        row = int(round(-(yd.max() + yd.min()) / 2 / ROW_MV - 0.62))
+        col = int(round(xd[0] / 2.5))
+        lead = LAYOUT[row][col] if row < 3 else "II"
+        assert (yd.max() - yd.min()) / 2 == pytest.approx(0.1 * (LEADS.index(lead) + 1), rel=0.02), (row, col)
+        seen += 1
+    assert seen == 13
     with pytest.raises(InputError, match="12 standard leads"):
         viz.plot_ecg12(sig, bump(n, 0.4), fs=fs, channels=LEADS[:11] + ["X"])
 

@@ -206,9 +206,13 @@ def plot_volume(volume: Any, cam: Any, *, affine: Any = None, convention: str = 
     ov, om = to_ras(vol, affine), to_ras(m, affine)
     lo, hi = _window(ov.data)
     rows = 2 if mips else 1
-    fig = new_figure(13, 4.6 * rows + 0.8)
+    widths = [abs(p["extent"][1] - p["extent"][0]) for p in planes]
+    panel_w = 12.0 * np.asarray(widths) / sum(widths)  # panels share the width in proportion to their mm width
+    panel_h = max(pw * abs(p["extent"][3] - p["extent"][2]) / w for p, w, pw in zip(planes, widths, panel_w))
+    height = min(max(2.5, float(panel_h)), 6.0) * rows + 1.3
+    fig = new_figure(13, height)
     fig.set_layout_engine("constrained")
-    axes = fig.subplots(rows, 3, squeeze=False)
+    axes = fig.subplots(rows, 3, squeeze=False, gridspec_kw={"width_ratios": widths})
     for j, s in enumerate(planes):
         ax = axes[0, j]
         ax.imshow(s["image"], cmap="gray", vmin=lo, vmax=hi, extent=s["extent"], interpolation="nearest")
