@@ -222,6 +222,15 @@ def plot_volume(volume: Any, cam: Any, *, affine: Any = None, convention: str = 
         ax.set_ylabel(s["ylabel"], fontsize=8)
         ax.tick_params(labelsize=7)
         _letters(ax, s["letters"])
+        a = _PLANE_AXIS[PLANES[j]] if ov.oriented else j
+        rem = [q for q in range(3) if q != a]
+        pk = s["peak"]
+        if ov.oriented:  # crosshair through the peak, in world mm
+            cx, cy = ov.origin[rem[0]] + pk[rem[0]] * ov.spacing[rem[0]], ov.origin[rem[1]] + pk[rem[1]] * ov.spacing[rem[1]]
+        else:
+            cx, cy = pk[rem[1]], pk[rem[0]]
+        ax.axvline(cx, color="white", lw=0.6, ls=(0, (3, 3)), alpha=0.7)
+        ax.axhline(cy, color="white", lw=0.6, ls=(0, (3, 3)), alpha=0.7)
     if mips:
         for j in range(3):
             axis = _PLANE_AXIS[PLANES[j]] if ov.oriented else j
