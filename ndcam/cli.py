@@ -83,7 +83,7 @@ def demo(out: Path, quick: bool = False, log=print) -> dict:
 
 def _report(sections, results, seconds: float) -> str:
     from . import __version__
-    from .report import html_report, table, volume_slider
+    from .report import html_report, table, volume_viewer
 
     blocks: list = [("", f"<p>ndcam {html.escape(__version__)}, torch {html.escape(torch.__version__)}, {seconds:.0f} s. "
                          "Tiny models trained on synthetic tasks with known evidence; maps of held-out positive samples "
@@ -95,7 +95,7 @@ def _report(sections, results, seconds: float) -> str:
         blocks += [(f"{rank}D: {RANK_NAMES[rank]}", f"<p>train accuracy {acc:.2f}, test accuracy {test_acc:.2f}</p>"),
                    ("", view), ("", grid)]
         if extra is not None:
-            blocks.append(("Grad-CAM slice by slice", volume_slider(extra[0], extra[1], f"vol{rank}")))
+            blocks.append(("Grad-CAM slice by slice", volume_viewer(extra[0], extra[1], f"vol{rank}")))
     return html_report("ndcam demo", blocks)
 
 

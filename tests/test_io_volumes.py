@@ -104,7 +104,6 @@ def test_two_orientations_give_the_same_maps_in_world_space(work):
     np.testing.assert_allclose(np.asarray(back.dataobj), np.asarray(m_ras.dataobj), atol=1e-5)
 
 
-@pytest.mark.xfail(strict=False, reason="needs world-oriented viz (the viz helper's volume views)")
 def test_two_orientations_give_the_same_picture(work):
     from PIL import Image
 
