@@ -2,25 +2,37 @@
 
 ``NDCAM_TEST_KILL_AT=<index>`` with ``NDCAM_TEST_KILL_FLAG=<path>``: the dataset SIGKILLs its own process when it reads
 item ``index`` and the flag file does not exist yet (the flag is created first, so the restarted run goes through).
+``NDCAM_TEST_PID_DIR=<dir>``: each process that reads items leaves ``<dir>/<RANK>.<pid>`` (for a test to kill it).
+``NDCAM_TEST_SLEEP=<seconds>``: sleep that long in every ``__getitem__`` (a slower run to kill at a random moment).
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import time
 from pathlib import Path
 
 import torch
 from torch import nn
 
-N = int(os.environ.get("NDCAM_TEST_N", 40))
 LENGTH = 64
+
+
+def _hooks() -> None:
+    pid_dir = os.environ.get("NDCAM_TEST_PID_DIR")
+    if pid_dir:
+        p = Path(pid_dir) / f"{os.environ.get('RANK', 0)}.{os.getpid()}"
+        if not p.exists():
+            p.write_text("")
+    if os.environ.get("NDCAM_TEST_SLEEP"):
+        time.sleep(float(os.environ["NDCAM_TEST_SLEEP"]))
 
 
 class Signals(torch.utils.data.Dataset):
     """``n`` two-lead signals with a bump; dict items with x, y, mask and key."""
 
-    def __init__(self, n: int = N, length: int = LENGTH, seed: int = 0) -> None:
+    def __init__(self, n: int = 40, length: int = LENGTH, seed: int = 0) -> None:
         g = torch.Generator().manual_seed(seed)
         self.x = torch.randn(n, 2, length, generator=g) * 0.3
         self.y = torch.randint(0, 2, (n,), generator=g)
@@ -33,6 +45,7 @@ class Signals(torch.utils.data.Dataset):
         return len(self.x)
 
     def __getitem__(self, i: int):
+        _hooks()
         kill = os.environ.get("NDCAM_TEST_KILL_AT")
         if kill is not None and int(kill) == i:
             flag = Path(os.environ["NDCAM_TEST_KILL_FLAG"])
@@ -61,7 +74,7 @@ class Volumes(torch.utils.data.Dataset):
 
 
 def signals() -> Signals:
-    return Signals()
+    return Signals(n=int(os.environ.get("NDCAM_TEST_N", 40)))
 
 
 def volumes() -> Volumes:
