@@ -8,6 +8,7 @@ item ``index`` and the flag file does not exist yet (the flag is created first, 
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import signal
 import time
@@ -17,6 +18,9 @@ import torch
 from torch import nn
 
 LENGTH = 64
+
+if os.environ.get("NDCAM_TEST_PID_DIR"):
+    faulthandler.register(signal.SIGUSR1)
 
 
 def _hooks() -> None:

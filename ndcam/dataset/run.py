@@ -79,11 +79,20 @@ def _init_distributed() -> tuple[int, int, bool]:
 
     created = False
     if dist.is_available() and not dist.is_initialized() and "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        backend = "gloo"
         if torch.cuda.is_available():
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-            dist.init_process_group("nccl")
+            backend = "nccl"
+        restart = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+        if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True" and restart is not None:
+            # torchrun's agent may keep one store across --max-restarts restarts; keys of the crashed attempt (peer
+            # addresses) would then be read by the new one: give every attempt its own key prefix
+            rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+            base = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world, is_master=False)
+            store = dist.PrefixStore(f"ndcam/attempt_{restart}", base)
+            dist.init_process_group(backend, store=store, rank=rank, world_size=world)
         else:
-            dist.init_process_group("gloo")
+            dist.init_process_group(backend)
         created = True
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size(), created
@@ -449,12 +458,13 @@ def explain_dataset(
                                    resolution, dtype, metrics, normalize, resume, lock, device)
             except BaseException as e:  # tell the other ranks, then raise here
                 err = f"{type(e).__name__}: {e}"
-                _broadcast((None, err), world)
+                _broadcast((None, err, lock.job), world)
                 raise
-        pending, err = _broadcast((pending, err), world)
+        pending, err, job = _broadcast((pending, err, lock.job), world)
         if err is not None:
             raise InputError(f"rank 0 could not prepare the store: {err}")
         if rank != 0:
+            lock = st.Lock(out, job)
             lock.check()
         settings = st.read_settings(out)
         mine = pending[rank::world]

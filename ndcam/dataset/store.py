@@ -139,12 +139,11 @@ def read_markers(out: Path) -> dict[int, dict]:
 
 # ------------------------------------------------------------------------------------------------ lock
 def job_id() -> str:
-    """Identity of this job: torchrun's run id and rendezvous endpoint (the same for all ranks and across
-    ``--max-restarts`` restarts), or this process for a plain run.
+    """Identity of this job, as seen from rank 0: under torchrun the run id, the host and the elastic agent's pid (the
+    parent of the workers, the same across ``--max-restarts`` restarts); otherwise this process.
     """
-    run_id = os.environ.get("TORCHELASTIC_RUN_ID")
-    if run_id is not None or "MASTER_ADDR" in os.environ:
-        return f"torchrun:{run_id}@{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}"
+    if "TORCHELASTIC_RUN_ID" in os.environ or "MASTER_ADDR" in os.environ:
+        return f"torchrun:{os.environ.get('TORCHELASTIC_RUN_ID')}@{socket.gethostname()}:agent{os.getppid()}"
     return f"process:{os.getpid()}@{socket.gethostname()}"
 
 
@@ -167,9 +166,9 @@ class Lock:
     which file to delete once that job is known to be dead.
     """
 
-    def __init__(self, out: Path) -> None:
+    def __init__(self, out: Path, job: str | None = None) -> None:
         self.path = Path(out) / "lock"
-        self.job = job_id()
+        self.job = job or job_id()
         self.held = False
 
     def _record(self) -> str:
@@ -207,11 +206,11 @@ class Lock:
         self.held = True
 
     def check(self) -> None:
-        """For ranks other than 0: the lock must name this job."""
+        """For ranks other than 0 (given rank 0's job id): the lock must name this job (the store must be shared)."""
         held = self.read()
         if not held or held.get("job") != self.job:
             raise StoreLockedError(f"the store's lock {self.path} names job {held and held.get('job')!r}, not this "
-                                   f"job {self.job!r}")
+                                   f"job {self.job!r}: every rank must see the same store (a shared file system)")
 
     def release(self) -> None:
         if self.held:
