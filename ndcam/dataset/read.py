@@ -316,7 +316,8 @@ def open_explanations(out: str | os.PathLike) -> Explanations:
 
 
 def _mean_map_figure(ex: Explanations, means: dict[int, torch.Tensor], counts: dict[int, int], by: str,
-                     leads: dict[int, np.ndarray] | None, names: dict[int, str] | None):
+                     leads: dict[int, np.ndarray] | None, names: dict[int, str] | None, fs: float | None = None,
+                     lead_names: list[str] | None = None):
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -328,14 +329,15 @@ def _mean_map_figure(ex: Explanations, means: dict[int, torch.Tensor], counts: d
         fig, axes = plt.subplots(len(groups), 1, figsize=(9, 1.9 * len(groups) + 0.4), squeeze=False, sharex=True)
         for ax, g in zip(axes[:, 0], groups):
             m = means[g].numpy()
-            t = np.arange(m.shape[-1])
+            t = np.arange(m.shape[-1]) / (fs or 1.0)
             if leads is not None and g in leads:
                 sig = leads[g]
                 lo, hi = float(sig.min()), float(sig.max())
                 ax.imshow(m[None], aspect="auto", cmap="jet", vmin=0, vmax=1, alpha=0.5,
                           extent=(t[0], t[-1], lo, hi), origin="lower")
                 for c in range(sig.shape[0]):
-                    ax.plot(t, sig[c], lw=0.9, label=f"lead {c} mean")
+                    name = lead_names[c] if lead_names and c < len(lead_names) else f"lead {c}"
+                    ax.plot(t, sig[c], lw=0.9, label=f"mean {name}")
                 if sig.shape[0] > 1:
                     ax.legend(fontsize=7, loc="upper right")
             else:
@@ -343,7 +345,7 @@ def _mean_map_figure(ex: Explanations, means: dict[int, torch.Tensor], counts: d
                 ax.set_ylim(0, 1.02)
                 ax.set_ylabel("mean map")
             ax.set_title(label(g), fontsize=9)
-        axes[-1, 0].set_xlabel("sample")
+        axes[-1, 0].set_xlabel("time in the window (s)" if fs else "sample")
     else:
         views = 1 if ex.rank == 2 else 3
         fig, axes = plt.subplots(len(groups), views, figsize=(2.8 * views + 0.8, 2.7 * len(groups)), squeeze=False)
@@ -362,10 +364,21 @@ def _mean_map_figure(ex: Explanations, means: dict[int, torch.Tensor], counts: d
 
 
 def summarize(out: str | os.PathLike, html_path: str | os.PathLike | None = None, *, by: str = "label",
-              dataset: Any = None, names: dict[int, str] | None = None, max_groups: int = 12) -> Path:
+              dataset: Any = None, names: dict[int, str] | None = None, max_groups: int = 12,
+              fs: float | None = None, leads: list[str] | None = None) -> Path:
     """Write one self-contained HTML page summarizing a store: settings, progress, metric table per group and the
     mean map per group (over the mean input per lead for signals when ``dataset`` is given). Returns its path
     (default ``out/summary.html``).
+
+    Args:
+        out: the store.
+        html_path: where to write the page.
+        by: group samples by ``"label"`` (falls back to ``"target"``/``"all"`` without labels), ``"target"``, ``"all"``.
+        dataset: the dataset the store was made from (signals: mean input per lead under the mean maps).
+        names: display names of the groups (e.g. ``{0: "N", 1: "V"}``).
+        max_groups: draw at most this many groups (the largest).
+        fs: sampling rate of signals (time axis in seconds).
+        leads: lead names of signals.
     """
     from ..report import html_report, png_bytes, table
 
@@ -400,8 +413,9 @@ def summarize(out: str | os.PathLike, html_path: str | os.PathLike | None = None
         counts = ex.group_counts(by)
         keep = sorted(means, key=lambda g: -counts.get(g, 0))[:max_groups]
         means = {g: means[g] for g in sorted(keep)}
-        leads = ex.lead_means(dataset, by) if dataset is not None and ex.rank == 1 else None
-        blocks.append((f"Mean map per {by}", png_bytes(_mean_map_figure(ex, means, counts, by, leads, names))))
+        lead_means = ex.lead_means(dataset, by) if dataset is not None and ex.rank == 1 else None
+        blocks.append((f"Mean map per {by}", png_bytes(_mean_map_figure(ex, means, counts, by, lead_means, names, fs,
+                                                                                 leads))))
     html_path = Path(html_path) if html_path is not None else ex.path / "summary.html"
     html_path.write_text(html_report(f"ndcam dataset explanation: {ex.path.name}", blocks))
     return html_path
