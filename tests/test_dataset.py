@@ -165,6 +165,10 @@ def test_variable_size_volumes_and_layer_resolution(tmp_path):
         # samples of the same size in one unit are explained as one batch; per sample agrees to float precision
         torch.testing.assert_close(ex.layer_maps[i], lay.maps[0], atol=1e-5, rtol=0)
         torch.testing.assert_close(ex.maps[i], full.maps[0], atol=1e-5, rtol=0)  # upsampled on read
+    same = ex.maps[[0, 3, 6]]  # same size: stacked, read in one selection
+    assert torch.equal(same, torch.stack([ex.maps[i] for i in (0, 3, 6)]))
+    mixed = ex.maps[0:3]  # different sizes: a list
+    assert isinstance(mixed, list) and [tuple(m.shape) for m in mixed] == [(14, 12, 10), (12, 10, 8), (12, 10, 8)]
     # items 1, 2, 4, 5 differ from item 0's size: one array per sample
     assert sorted(ex.root["samples"].keys()) == ["1", "2", "4", "5"]
     assert [list(s) for s in ex.input_shapes] == [[1, 14, 12, 10] if i % 3 == 0 else [1, 12, 10, 8] for i in range(7)]

@@ -34,8 +34,8 @@ class _Maps:
     def __getitem__(self, index: Any):
         if isinstance(index, (int, np.integer)):
             return self.ex._map(int(index), self.upsample)
-        idx = range(self.ex.n)[index] if isinstance(index, slice) else list(index)
-        maps = [self.ex._map(int(i), self.upsample) for i in idx]
+        idx = [int(i) for i in (range(self.ex.n)[index] if isinstance(index, slice) else np.asarray(index).reshape(-1))]
+        maps = self.ex._maps(idx, self.upsample)
         if maps and all(m.shape == maps[0].shape for m in maps):
             return torch.stack(maps)
         return maps
@@ -160,6 +160,21 @@ class Explanations:
         a = self.root["samples"][str(i)][...] if i in self._variable else self.root["maps"][i]
         m = torch.from_numpy(np.asarray(a, dtype=np.float32))
         return self._to_input(m, tuple(int(s) for s in self.input_shapes[i][1:])) if upsample else m
+
+    def _maps(self, idx: list[int], upsample: bool) -> list[torch.Tensor]:
+        """Several samples; those in the common array read in one selection (each chunk decoded once)."""
+        idx = [self._check(i) for i in idx]
+        common = [i for i in idx if i not in self._variable]
+        got: dict[int, torch.Tensor] = {}
+        if common:
+            order = sorted(set(common))
+            block = np.asarray(self.root["maps"].get_orthogonal_selection((order,)), dtype=np.float32)
+            got = {i: torch.from_numpy(block[j]) for j, i in enumerate(order)}
+        out = []
+        for i in idx:
+            m = got[i] if i in got else self._map(i, False)
+            out.append(self._to_input(m, tuple(int(s) for s in self.input_shapes[i][1:])) if upsample else m)
+        return out
 
     def _to_input(self, m: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
         if self.settings["resolution"] != "layer" or tuple(m.shape[-len(size):]) == size:

@@ -430,13 +430,14 @@ def explain_dataset(
         The store opened for reading (:func:`ndcam.open_explanations`).
 
     Example:
-        >>> import torch, ndcam, tempfile
+        >>> import tempfile, torch
+        >>> from ndcam.dataset import explain_dataset
         >>> net = torch.nn.Sequential(torch.nn.Conv1d(1, 4, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool1d(1),
         ...                           torch.nn.Flatten(), torch.nn.Linear(4, 2))
-        >>> data = [torch.randn(1, 50) for _ in range(10)]
-        >>> ex = ndcam.explain_dataset(net, data, tempfile.mkdtemp(), batch_size=4, progress=False)  # doctest: +SKIP
-        >>> ex.done.all(), ex.maps[3].shape  # doctest: +SKIP
-        (True, torch.Size([50]))
+        >>> data = [(torch.randn(1, 50), i % 2) for i in range(10)]
+        >>> ex = explain_dataset(net, data, tempfile.mkdtemp(), batch_size=4, progress=False)
+        >>> bool(ex.done.all()), tuple(ex.maps[3].shape), ex.labels.tolist()[:4]
+        (True, (50,), [0, 1, 0, 1])
     """
     metrics = _check_args(model, dataset, method, targets, batch_size, num_workers, resolution, dtype, metrics)
     st.zarr_module()
