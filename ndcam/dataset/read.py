@@ -371,7 +371,8 @@ def _mean_map_figure(ex: Explanations, means: dict[int, torch.Tensor], counts: d
                 ax = axes[r, c]
                 im = ax.imshow(img, cmap="jet", vmin=0, vmax=max(float(m.max()), 1e-6))
                 ax.set_axis_off()
-                ax.set_title(label(g) if c == 0 else f"max along axis {c}", fontsize=8)
+                view = "" if ex.rank == 2 else f"max along axis {c}"
+                ax.set_title(f"{label(g)}\n{view}" if c == 0 else view, fontsize=8)
             fig.colorbar(im, ax=axes[r, -1], fraction=0.046)
     fig.suptitle(f"mean {ex.settings['method']} map per {by}")
     fig.tight_layout()
