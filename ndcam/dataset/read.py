@@ -223,7 +223,7 @@ class Explanations:
         groups = self._groups_of(by, k)
         sums: dict[int, np.ndarray] = {}
         counts: dict[int, int] = {}
-        size = None
+        size: tuple[int, ...] = ()
         for lo, hi, block in self._chunks():
             for j, i in enumerate(range(lo, hi)):
                 if i in self._variable:
@@ -233,7 +233,6 @@ class Explanations:
                 sums[g] = sums.get(g, 0) + m.astype(np.float64)
                 counts[g] = counts.get(g, 0) + 1
                 size = size or tuple(int(s) for s in self.input_shapes[i][1:])
-        self._counts = counts
         return {g: self._to_input(torch.from_numpy((sums[g] / counts[g]).astype(np.float32)), size)
                 for g in sorted(sums)}
 
@@ -408,7 +407,7 @@ def summarize(out: str | os.PathLike, html_path: str | os.PathLike | None = None
                                 "ndcam_version") if k in s]
     blocks.append(("Settings", table(rows, ["setting", "value"])))
     summary = json.loads((ex.path / "summary.json").read_text()) if (ex.path / "summary.json").exists() else {}
-    prog = [["samples committed", f"{int(ex.done.sum())} / {ex.n}"], ["units committed", len(ex.markers)]]
+    prog: list[list[Any]] = [["samples committed", f"{int(ex.done.sum())} / {ex.n}"], ["units committed", len(ex.markers)]]
     if ex.markers:
         comp = sum(m.get("compute_s", 0) for m in ex.markers.values())
         wr = sum(m.get("write_s", 0) for m in ex.markers.values())

@@ -179,7 +179,7 @@ class _Writer:
                     missing = [first + p for p, it in enumerate(items) if it.mask is None]
                     if missing:
                         raise InputError(f"metric 'pointing' needs a 'mask' in every item; items {missing[:5]} have none")
-                    masks = torch.stack([it.mask for it in items]).to(maps.device)
+                    masks = torch.stack([it.mask for it in items if it.mask is not None]).to(maps.device)
                     vals[:, j] = M.pointing_game(maps[:, j], masks).float().cpu()
                 else:
                     tj = None if exp.targets is None else (exp.targets[:, j] if exp.targets.ndim == 2 else exp.targets)
@@ -468,6 +468,9 @@ def explain_dataset(
             lock = st.Lock(out, job)
             lock.check()
         settings = st.read_settings(out)
+        if settings is None:
+            raise InputError(f"rank {rank} cannot read {out / st.SETTINGS}: every rank must see the same store "
+                             f"(a shared file system)")
         mine = pending[rank::world]
         n = len(dataset)
         unit_indices = [list(range(u * batch_size, min(n, (u + 1) * batch_size))) for u in mine]
