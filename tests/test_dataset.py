@@ -260,3 +260,48 @@ def test_command_line(tmp_path, capsys, monkeypatch):
     text = capsys.readouterr().out
     assert "all\t12\t" in text and (out / "summary.html").exists() and (out / "export" / "sig11.png").exists()
     assert cli_dataset.main(["summarize", str(tmp_path / "nothing")]) == 2
+
+
+def test_mitdb_example_skips_without_records(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    res = subprocess.run([sys.executable, str(root / "examples" / "mitdb_dataset.py"), str(tmp_path / "none"), "--out",
+                          str(tmp_path / "s")], capture_output=True, text=True, cwd=root, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(root)})
+    assert res.returncode == 0 and "skipping" in res.stdout, res.stderr
+    assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.slow
+def test_mitdb_example_on_real_records(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    folder = root.parent / "shared" / "data" / "mitdb"
+    folder = folder if folder.exists() else Path("/work/shared/data/mitdb")
+    if not (folder / "208.hea").exists():
+        pytest.skip("MIT-BIH records not available")
+    pytest.importorskip("wfdb")
+    out = tmp_path / "store"
+    res = subprocess.run([sys.executable, str(root / "examples" / "mitdb_dataset.py"), str(folder), "--out", str(out),
+                          "--epochs", "2"], capture_output=True, text=True, cwd=root, timeout=600,
+                         env={**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0, res.stderr[-3000:]
+    ex = open_explanations(out)
+    assert ex.done.all() and ex.n > 4000
+    assert set(np.unique(ex.labels)) == {0, 1, 2, 3}
+    rows = {line.split("\t")[0]: line.split("\t") for line in res.stdout.splitlines() if "\t" in line}
+    assert float(rows["V"][2]) > 0.5  # PVC maps peak on the QRS complex far more often than not
+    assert (out / "summary.html").exists()
+
+
+def test_dataloader_workers_give_the_same_store(tmp_path):
+    ds, net = F.Signals(n=10), F.signal_net()
+    ex = explain_dataset(net, ds, tmp_path / "w", batch_size=4, num_workers=2, dtype="float32", progress=False)
+    assert torch.equal(ex.maps[:], reference(net, ds, 4)[0])
+    assert ex.keys == [f"sig{i}" for i in range(10)]
