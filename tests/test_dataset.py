@@ -216,6 +216,11 @@ def test_bad_arguments_fail_before_work(tmp_path):
                     ({"targets": "class"}, "only string target"), ({"targets": [1, 0]}, "one entry per dataset item")]:
         with pytest.raises(InputError, match=msg):
             explain_dataset(net, ds, tmp_path / "x", progress=False, **kw)
+    big = F.signal_net()
+    with torch.no_grad():
+        big[-1].weight.mul_(1e9)
+    with pytest.raises(InputError, match="float16 range"):
+        explain_dataset(big, ds, tmp_path / "h", normalize=False, progress=False)
     with pytest.raises(InputError, match="empty"):
         explain_dataset(net, [], tmp_path / "x", progress=False)
     with pytest.raises(InputTypeError, match="nn.Module"):

@@ -221,7 +221,11 @@ class _Writer:
                 raise InputError(f"items {gi[:3]}... give {k or 1} target(s) per sample, item 0 gave {self.k or 1}")
             met = self._metrics(exp, xb, git, gi[0])
             t_compute += time.perf_counter() - tc
-            maps = exp.maps.detach().cpu().numpy().astype(dt)
+            maps32 = exp.maps.detach().cpu().numpy()
+            if dt == np.float16 and np.isfinite(maps32).all() and float(np.abs(maps32).max(initial=0)) > 65504:
+                raise InputError(f"maps of items {gi[:3]}... exceed the float16 range (raw maps with normalize=False?); "
+                                 f"store them with dtype='float32'")
+            maps = maps32.astype(dt)
             for j, p in enumerate(group):
                 if maps.shape[1:] == self.common:
                     block["maps"][p] = maps[j]
