@@ -44,11 +44,22 @@ def torchrun(out: Path, n: int, unit: int, env: dict, *extra: str, restarts: int
            "--model", "tests.dataset_fixtures:signal_net", "--dataset", "tests.dataset_fixtures:signals",
            "--out", str(out), "--batch-size", str(unit), "--dtype", "float32", *extra]
     full = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "NDCAM_TEST_N": str(n), **env}
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=full, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=full, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)  # its own process group: the test can stop torchrun and workers
     if not wait:
         return proc
-    text, _ = proc.communicate(timeout=240)
+    try:
+        text, _ = proc.communicate(timeout=240)
+    finally:
+        stop(proc)
     return proc.returncode, text
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """Kill what is left of a torchrun started by this test (its process group: the agent and its workers)."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 def check_store(out: Path, n: int, unit: int) -> None:
@@ -108,8 +119,7 @@ def test_max_restarts_resume_after_external_sigkill(tmp_path):
         os.kill(int(victim.name.split(".")[1]), signal.SIGKILL)
         text, _ = proc.communicate(timeout=240)
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        stop(proc)
     assert proc.returncode == 0, text
     assert len([p for p in pids.iterdir() if p.name.startswith("1.")]) == 2  # rank 1 ran twice: killed, restarted
     check_store(out, n, unit)
