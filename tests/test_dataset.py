@@ -213,8 +213,9 @@ def test_bad_arguments_fail_before_work(tmp_path):
     ds, net = F.Signals(n=4), F.signal_net()
     for kw, msg in [({"resolution": "pixel"}, "resolution"), ({"dtype": "int8"}, "dtype"),
                     ({"metrics": ("pointing", "auc")}, "unknown metrics"), ({"batch_size": 0}, "batch_size"),
-                    ({"targets": "class"}, "only string target"), ({"targets": [1, 0]}, "one entry per dataset item")]:
-        with pytest.raises(InputError, match=msg):
+                    ({"targets": "class"}, "only string target"), ({"targets": [1, 0]}, "one entry per dataset item"),
+                    ({"layers": "nope"}, "layer 'nope' does not exist"), ({"method": "nocam"}, "nocam")]:
+        with pytest.raises((InputError, ndcam.LayerError), match=msg):
             explain_dataset(net, ds, tmp_path / "x", progress=False, **kw)
     big = F.signal_net()
     with torch.no_grad():

@@ -36,14 +36,15 @@ __all__ = ["explain_dataset", "METRICS"]
 METRICS = ("pointing", "deletion", "insertion")
 
 
-def _check_args(model, dataset, method, targets, batch_size, num_workers, resolution, dtype, metrics) -> tuple[str, ...]:
+def _check_args(model, dataset, method, targets, layers, method_options, batch_size, num_workers, resolution, dtype,
+                metrics) -> tuple[str, ...]:
     if not isinstance(model, nn.Module):
         raise InputTypeError(f"model must be an nn.Module, got {type(model).__name__}")
     if not hasattr(dataset, "__getitem__") or not hasattr(dataset, "__len__"):
         raise InputTypeError(f"dataset must be a map-style dataset (__len__ and __getitem__), got {type(dataset).__name__}")
     if len(dataset) == 0:
         raise InputError("the dataset is empty; nothing to explain")
-    get_method(method)  # unknown names raise here
+    get_method(method)(model, layers, **method_options)  # unknown methods, layers and options raise here
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise InputError(f"batch_size must be a positive int (samples per work unit), got {batch_size!r}")
     if not isinstance(num_workers, int) or num_workers < 0:
@@ -443,7 +444,8 @@ def explain_dataset(
         >>> bool(ex.done.all()), tuple(ex.maps[3].shape), ex.labels.tolist()[:4]
         (True, (50,), [0, 1, 0, 1])
     """
-    metrics = _check_args(model, dataset, method, targets, batch_size, num_workers, resolution, dtype, metrics)
+    metrics = _check_args(model, dataset, method, targets, layers, method_options, batch_size, num_workers, resolution,
+                          dtype, metrics)
     st.zarr_module()
     out = Path(out)
     rank, world, created = _init_distributed()
@@ -451,6 +453,8 @@ def explain_dataset(
         device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}") if world > 1 and torch.cuda.is_available() \
             else _model_device(model)
     device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
     if _model_device(model) != device:
         model = copy.deepcopy(model).to(device)
     lock = st.Lock(out)
