@@ -377,6 +377,9 @@ def main(argv: list[str] | None = None) -> int:
     lay.add_argument("--model", required=True, help="package.module:factory, or a torch.export archive (.pt2)")
     lay.add_argument("--weights", help="state dict for a factory model")
     lay.add_argument("--shape", required=True, help="input shape, e.g. 1,12,5000")
+    from . import cli_dataset
+
+    cli_dataset.add_subcommands(sub)  # explain-dataset, summarize
     args = ap.parse_args(argv)
     args.debug = debug
     try:
@@ -395,6 +398,8 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_layers(args)
         if args.cmd == "explain":
             return _cmd_explain(args)
+        if args.cmd in ("explain-dataset", "summarize"):
+            return cli_dataset.run(args)
     except KeyboardInterrupt:
         if debug:
             raise

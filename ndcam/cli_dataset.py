@@ -151,21 +151,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Stand-alone entry point (``python -m ndcam.cli_dataset``, ``torchrun -m ndcam.cli_dataset``)."""
-    ap = argparse.ArgumentParser(prog="ndcam", description="Explain whole datasets with Class Activation Maps")
-    ap.add_argument("--debug", action="store_true", help="show tracebacks")
-    add_subcommands(ap.add_subparsers(dest="cmd", required=True))
-    args = ap.parse_args(argv)
-    try:
-        return run(args)
-    except KeyboardInterrupt:
-        print("ndcam: interrupted", file=sys.stderr)
-        return 130
-    except Exception as err:
-        if args.debug:
-            raise
-        print(f"ndcam: error: {type(err).__name__}: {err}", file=sys.stderr)
-        return 2
+    """Stand-alone entry point (``python -m ndcam.cli_dataset``, ``torchrun -m ndcam.cli_dataset``): the ``ndcam``
+    command itself, so errors, ``--debug`` and Ctrl-C behave the same (``torchrun -m ndcam explain-dataset`` too).
+    """
+    from .cli import main as ndcam_main
+
+    return ndcam_main(argv)
 
 
 if __name__ == "__main__":
