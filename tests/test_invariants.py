@@ -163,16 +163,16 @@ class LegacyRun(ndcam.GradCAM):
             handle.remove()
 
 
-class LegacyLayerMaps(ndcam.GradCAM):
-    """A subclass with the earlier ``_layer_maps(cap, x, sc, class_idx, score_fn)`` signature."""
+class ContextLayerMaps(ndcam.GradCAM):
+    """A subclass overriding ``_layer_maps(ctx)`` (the per-call context)."""
 
-    def _layer_maps(self, cap, x, sc, class_idx, score_fn):
-        grads = cap.gradients(sc[:, 0])
+    def _layer_maps(self, ctx):
+        grads = ctx.cap.gradients(ctx.scores[:, 0])
         return [torch.stack([torch.relu(ndcam.ops.weighted_sum(ndcam.ops.spatial_mean(g), a))], 1)
-                for a, g in zip(cap.activations, grads)]
+                for a, g in zip(ctx.cap.activations, grads)]
 
 
-def test_subclasses_of_the_earlier_private_signatures_still_work(rank):
+def test_subclasses_of_the_private_signatures_work(rank):
     model, x = make_net(rank), make_input(rank)
     want = ndcam.GradCAM(model, "feat")(x, [0, 1, 2])
     legacy = LegacyRun(model, "feat")
@@ -181,4 +181,4 @@ def test_subclasses_of_the_earlier_private_signatures_still_work(rank):
     torch.testing.assert_close(LegacyRun(model, "feat", per_sample=True)(x, [0, 1, 2]), want)
     torch.testing.assert_close(LegacyRun(model, "feat", aug_smooth=True)(x, [0, 1, 2]),
                                ndcam.GradCAM(model, "feat", aug_smooth=True)(x, [0, 1, 2]))
-    torch.testing.assert_close(LegacyLayerMaps(model, "feat")(x, [0, 1, 2]), want)
+    torch.testing.assert_close(ContextLayerMaps(model, "feat")(x, [0, 1, 2]), want)

@@ -117,6 +117,8 @@ class CallContext:
         output: the model's output of the captured forward.
         scores: the target scores ``(N, K)`` (K = 1 for one map per sample).
         saved: what a method keeps for its caller (e.g. Guided Backprop's input gradients).
+        state: what a method derives once per call and its steps share (e.g. the stochastic methods' call seed,
+            set by :meth:`BaseCAM._start_call`); shared by the per-sample and augmented runs of the call.
     """
 
     x: torch.Tensor
@@ -130,6 +132,7 @@ class CallContext:
     output: Any = None
     scores: torch.Tensor | None = None
     saved: dict = field(default_factory=dict)
+    state: dict = field(default_factory=dict)
 
     @property
     def n(self) -> int:
@@ -234,8 +237,6 @@ class BaseCAM:
     relu: ClassVar[bool] = True
     #: whether the method runs perturbed forward passes (Score-CAM, Ablation-CAM): the CLI shows progress for these
     perturbative: ClassVar[bool] = False
-    #: set for subclasses whose ``_layer_maps`` still has the earlier signature ``(cap, x, sc, class_idx, score_fn)``
-    _legacy_layer_maps: ClassVar[bool] = False
     #: set for subclasses whose ``_run`` override still has the earlier signature
     #: ``(x, targets, score_fn, class_idx, upsample, normalize)`` (and calls ``super()._run`` with it)
     _legacy_run: ClassVar[bool] = False
@@ -244,10 +245,8 @@ class BaseCAM:
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        for name, count, flag in (("_layer_maps", 6, "_legacy_layer_maps"), ("_run", 7, "_legacy_run")):
-            if name in cls.__dict__:
-                params = list(inspect.signature(cls.__dict__[name]).parameters)
-                setattr(cls, flag, len(params) == count)
+        if "_run" in cls.__dict__:
+            cls._legacy_run = len(inspect.signature(cls.__dict__["_run"]).parameters) == 7
 
     def __init__(
         self,
@@ -383,6 +382,7 @@ class BaseCAM:
                         x = x.clone()
                     ctx = CallContext(x, inputs.normal(), resolved, upsample, normalize,
                                       saved={k: [] for k in save})
+                    self._start_call(ctx)
                     if self.per_sample and n > 1:
                         exp = self._run_per_sample(ctx)
                     else:
@@ -437,6 +437,11 @@ class BaseCAM:
         return first
 
     # -- orchestration --------------------------------------------------------------------------------------------
+    def _start_call(self, ctx: CallContext) -> None:
+        """Derive what the whole call shares into ``ctx.state`` (runs once per call, under the model's lock, before
+        any forward). Default: nothing.
+        """
+
     def _forward_context(self, ctx: CallContext) -> contextlib.AbstractContextManager:
         """What the captured forward runs inside (Guided Backprop: its guided ReLU hooks). Default: nothing."""
         return contextlib.nullcontext()
@@ -477,10 +482,7 @@ class BaseCAM:
                 multi = scores.ndim == 2
                 ctx.scores = scores if multi else scores[:, None]
                 names = list(cap.names)
-                if self._legacy_layer_maps:
-                    per_layer = self._layer_maps(cap, x, ctx.scores, ctx.class_idx, ctx.score_fn)  # type: ignore[call-arg,arg-type]
-                else:
-                    per_layer = self._layer_maps(ctx)
+                per_layer = self._layer_maps(ctx)
             finally:
                 cap.clear()
                 ctx.cap = ctx.output = None
@@ -517,7 +519,8 @@ class BaseCAM:
     def _layer_maps(self, ctx: CallContext) -> list[torch.Tensor]:
         """Raw maps ``(N, K, *S_l)``, one per captured layer call, for the K target scores ``ctx.scores`` ``(N, K)``.
 
-        (Subclasses written for the earlier signature ``_layer_maps(cap, x, sc, class_idx, score_fn)`` still work.)
+        Runs inside the captured forward: ``ctx.cap`` holds the activations (and the graph for gradients),
+        ``ctx.output`` the model's output, ``ctx.scores`` the scores; ``ctx.class_idx`` the resolved classes.
         """
         cap, sc, class_idx = ctx.cap, ctx.scores, ctx.class_idx
         assert cap is not None and sc is not None, "_layer_maps runs inside the captured forward"
@@ -543,8 +546,7 @@ class BaseCAM:
             m = self.layer_map(a, g, classes)
         return torch.relu(m) if self.relu else m
 
-    @staticmethod
-    def _fuse(maps: list[torch.Tensor], x: torch.Tensor, upsample: bool, normalize: bool):
+    def _fuse(self, maps: list[torch.Tensor], x: torch.Tensor, upsample: bool, normalize: bool):
         """Bring per-layer maps ``(N, K, *S_l)`` to one size, fuse, normalize. Returns (maps, raw_min, raw_max)."""
         if upsample:
             size = tuple(x.shape[2:])

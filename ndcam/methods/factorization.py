@@ -252,22 +252,23 @@ class DeepFeatureFactorization(BaseCAM):
         """Concept maps ``(N, k, *spatial)`` (min-max normalized; at the input's size with ``upsample``) and concept
         vectors ``(N, C, k)`` of the first target layer (strongest concept first). No gradients are computed.
         """
-        from ..capture import Capture, ModelState
+        from ..capture import Capture, ModelState, model_lock
         from .base import _check_device, _check_finite, _check_input
 
         _check_input(x)
         _check_device(self.model, x)
         _check_finite(x)
         layers = self._layers if self._layers is not None else self._default_layers(x)
-        state = ModelState.save(self.model)
-        try:
-            with torch.inference_mode(False), Capture(self.model, layers[:1], x.ndim - 2, grads=False,
-                                                        reshape=self.reshape) as cap:
-                cap.forward(x.detach())
-                a = cap.activations[0]
-                cap.clear()
-        finally:
-            state.restore()
+        with model_lock(self.model):
+            state = ModelState.save(self.model)
+            try:
+                with torch.inference_mode(False), Capture(self.model, layers[:1], x.ndim - 2, grads=False,
+                                                            reshape=self.reshape) as cap:
+                    cap.forward(x.detach())
+                    a = cap.activations[0]
+                    cap.clear()
+            finally:
+                state.restore()
         w, h, _ = self._factorize(a)
         n, k = h.shape[:2]
         if upsample:

@@ -114,7 +114,9 @@ class FullGrad(BaseCAM):
             )
         return layers, self.reshape
 
-    def _layer_maps(self, cap, x, sc, class_idx, score_fn):
+    def _layer_maps(self, ctx):
+        cap, x, sc = ctx.cap, ctx.x, ctx.scores
+        assert cap is not None and sc is not None and cap.input is not None, "_layer_maps runs in the captured forward"
         size = tuple(x.shape[2:])
         modules = dict(cap.layers)
         biases = [effective_bias(modules[name]) for name in cap.names]

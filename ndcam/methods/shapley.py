@@ -36,7 +36,7 @@ from .. import ops
 from .._errors import InputError
 from ..targets import ClassTarget, _logits
 from ._class_scores import ClassScore, ClassScoreMixin
-from .base import BaseCAM, register
+from .base import BaseCAM, CallContext, register
 
 __all__ = ["rest_scores", "ReST", "shapley_gradients", "shapley_weights", "ShapleyCAM"]
 
@@ -115,8 +115,10 @@ class ShapleyCAM(ClassScoreMixin, BaseCAM):
         # `gradients` already carries the second-order correction (see _layer_maps)
         return ops.spatial_mean(gradients)
 
-    def _layer_maps(self, cap, x, sc, class_idx, score_fn):
-        raws = cap._raw  # the captured outputs with their graph (leaves of the head's graph)
+    def _layer_maps(self, ctx: CallContext) -> list[torch.Tensor]:
+        cap, sc, reshape = ctx.cap, ctx.scores, ctx.reshape
+        assert cap is not None and sc is not None, "_layer_maps runs inside the captured forward"
+        raws = cap.outputs_with_graph  # the leaves of the head's graph
         acts = cap.activations
         per_layer: list[list[torch.Tensor]] = [[] for _ in acts]
         for k in range(sc.shape[1]):
@@ -128,7 +130,8 @@ class ShapleyCAM(ClassScoreMixin, BaseCAM):
             for maps, raw, a, g in zip(per_layer, raws, acts, grads):
                 hvp = _hvp(g, raw)
                 g0 = torch.zeros_like(raw) if g is None else g
-                corrected = cap._view(shapley_gradients(g0.detach(), hvp.detach()))
+                corrected = shapley_gradients(g0.detach(), hvp.detach())
+                corrected = reshape(corrected) if reshape is not None else corrected
                 maps.append(self._one(a, corrected, None))
             del grads
         return [torch.stack(m, dim=1) for m in per_layer]
