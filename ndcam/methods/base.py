@@ -235,6 +235,11 @@ class BaseCAM:
     uses_gradients: ClassVar[bool] = True
     input_gradient: ClassVar[bool] = False
     relu: ClassVar[bool] = True
+    #: whether the method explains target callables (``False``: class indices only; refused before any forward)
+    callable_targets: ClassVar[bool] = True
+    #: options of the constructor / call the method cannot honour, refused with an InputError before any forward
+    #: (names from: eigen_smooth, aug_smooth, upsample, normalize, reshape, per_sample, forward_args)
+    unsupported: ClassVar[frozenset[str]] = frozenset()
     #: whether the method runs perturbed forward passes (Score-CAM, Ablation-CAM): the CLI shows progress for these
     perturbative: ClassVar[bool] = False
     #: set for subclasses whose ``_run`` override still has the earlier signature
@@ -307,7 +312,14 @@ class BaseCAM:
         return w.reshape(w.shape + (1,) * (activations.ndim - 2)) * activations
 
     def check_targets(self, targets: TargetSpec) -> None:
-        """Method-specific target validation (before any forward pass)."""
+        """Method-specific target validation (before any forward pass). Default: methods with
+        ``callable_targets = False`` refuse callables.
+        """
+        if not self.callable_targets and callable(targets) and not isinstance(targets, torch.Tensor):
+            raise InputTypeError(
+                f"{type(self).__name__} needs class indices as targets (None, int, sequence or (N, K) tensor), not a "
+                f"callable"
+            )
 
     # -- public entry points --------------------------------------------------------------------------------------
     def __call__(

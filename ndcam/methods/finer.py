@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .._errors import InputError, InputTypeError
+from .._errors import InputError
 from ._class_scores import ClassScore, ClassScoreMixin
 from .base import BaseCAM, register
 from .gradient import gradcam_weights
@@ -92,10 +92,8 @@ class FinerCAM(ClassScoreMixin, BaseCAM):
             raise InputError(f"weighting must be 'softmax' or 'mean', got {weighting!r}")
         self.alpha, self.n_similar, self.weighting = float(alpha), n_similar, weighting
 
-    def check_targets(self, targets) -> None:
-        if callable(targets) and not isinstance(targets, (torch.Tensor, ClassScore)):
-            raise InputTypeError("Finer-CAM needs class indices as targets (None, int, sequence or (N, K) tensor), "
-                                 "not a callable: it builds the score from the target class and its similar classes")
+    #: Finer-CAM builds its score from the target class and its similar classes: class indices only
+    callable_targets = False
 
     def class_score(self, targets, n, device):
         def two_sided(z):

@@ -15,8 +15,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._seeding import call_seed, check_seed, draw
 from .. import ops
+from ._seeding import call_seed, check_seed, draw
 from .base import BaseCAM, CallContext, register
 
 __all__ = ["random_weights", "RandomCAM", "SeededMixin"]

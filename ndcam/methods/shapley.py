@@ -106,6 +106,13 @@ class ShapleyCAM(ClassScoreMixin, BaseCAM):
             raise InputError(f"target must be 'rest' or 'logit', got {target!r}")
         self.target = target
 
+    def _forward_context(self, ctx):
+        # the Hessian-vector product differentiates twice: the fused attention kernels have no double backward,
+        # the math kernel does
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        return sdpa_kernel(SDPBackend.MATH)
+
     def class_score(self, targets, n, device):
         if self.target == "rest":
             return ClassScore(targets, n, device, lambda z, idx, _: rest_scores(z, idx), "targets (ReST)")
