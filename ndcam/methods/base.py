@@ -45,9 +45,22 @@ from ..layers import LayerSpec, auto_choice, resolve_layers
 from ..smoothing import Augmentations, smooth
 from ..targets import Targets, TargetSpec, _TopClass, logits_of, resolve_targets
 
-__all__ = ["BaseCAM", "CallContext", "register", "REGISTRY", "range_and_normalize"]
+__all__ = ["BaseCAM", "CallContext", "register", "REGISTRY", "OPTIONS", "range_and_normalize"]
 
 REGISTRY: dict[str, type[BaseCAM]] = {}
+
+#: the generic options every method takes (constructor: eigen_smooth, aug_smooth, reshape, per_sample; call: upsample,
+#: normalize, forward_args/forward_kwargs), each with how asking for it reads: a method honours each option or lists
+#: it in :attr:`BaseCAM.unsupported`
+OPTIONS = {
+    "eigen_smooth": "eigen_smooth=True",
+    "aug_smooth": "aug_smooth",
+    "reshape": "reshape= (a token-grid adapter)",
+    "per_sample": "per_sample=True",
+    "upsample": "upsample=False",
+    "normalize": "normalize=False",
+    "forward_args": "extra model inputs (forward_args / forward_kwargs)",
+}
 
 
 def register(*names: str) -> Callable[[type[BaseCAM]], type[BaseCAM]]:
@@ -237,9 +250,9 @@ class BaseCAM:
     relu: ClassVar[bool] = True
     #: whether the method explains target callables (``False``: class indices only; refused before any forward)
     callable_targets: ClassVar[bool] = True
-    #: options of the constructor / call the method cannot honour, refused with an InputError before any forward
-    #: (names from: eigen_smooth, aug_smooth, upsample, normalize, reshape, per_sample, forward_args)
-    unsupported: ClassVar[frozenset[str]] = frozenset()
+    #: the generic options the method cannot honour, ``{option: why}`` (options from :data:`OPTIONS`): asking for one
+    #: is refused with an :class:`~ndcam.InputError` naming it, before any forward pass (see :meth:`_refuse`)
+    unsupported: ClassVar[Mapping[str, str]] = types.MappingProxyType({})
     #: whether the method runs perturbed forward passes (Score-CAM, Ablation-CAM): the CLI shows progress for these
     perturbative: ClassVar[bool] = False
     #: set for subclasses whose ``_run`` override still has the earlier signature
@@ -282,7 +295,16 @@ class BaseCAM:
         self.eigen_smooth = bool(eigen_smooth)
         self.aug_smooth = aug_smooth
         self.per_sample = _bool(per_sample, "per_sample")
+        self._refuse(eigen_smooth=self.eigen_smooth, aug_smooth=bool(aug_smooth), reshape=reshape is not None,
+                     per_sample=self.per_sample)
         self._layers = None if layers is None else resolve_layers(model, layers)
+
+    @classmethod
+    def _refuse(cls, **asked: bool) -> None:
+        """Raise :class:`~ndcam.InputError` for an option in :attr:`unsupported` that is asked for (``True``)."""
+        for option, on in asked.items():
+            if on and option in cls.unsupported:
+                raise InputError(f"{cls.__name__} does not support {OPTIONS[option]}: {cls.unsupported[option]}")
 
     # -- context manager: nothing is attached between calls, so exit has only to make sure of that -------------
     def __enter__(self) -> BaseCAM:
@@ -382,6 +404,7 @@ class BaseCAM:
         upsample, normalize = _bool(upsample, "upsample"), _bool(normalize, "normalize")
         n = x.shape[0]
         inputs = ModelInputs.make(forward_args, forward_kwargs, n)
+        self._refuse(upsample=not upsample, normalize=not normalize, forward_args=bool(inputs))
         self.check_targets(targets)
         with torch.inference_mode(False):  # class-index tensors made here must be usable by autograd
             resolved = resolve_targets(targets, n, x.device)

@@ -9,6 +9,7 @@ calls. Pure functions first, thin classes after.
 from __future__ import annotations
 
 import math
+from types import MappingProxyType
 
 import torch
 from einops import rearrange
@@ -180,6 +181,7 @@ class KPCACAM(BaseCAM):
     """
 
     uses_gradients = False
+    unsupported = MappingProxyType({"eigen_smooth": "KPCA-CAM's map is a (kernel) principal component already"})
 
     def __init__(self, model: nn.Module, layers=None, *, kernel: str = "rbf", gamma: float | None = None,
                  degree: int = 3, coef0: float = 1.0, max_positions: int = 4096, **options) -> None:
@@ -190,8 +192,6 @@ class KPCACAM(BaseCAM):
             raise InputError(f"gamma must be None or a positive number, got {gamma!r}")
         self.kernel, self.gamma, self.degree, self.coef0 = kernel, gamma, _check_int("degree", degree), float(coef0)
         self.max_positions = _check_int("max_positions", max_positions)
-        if self.eigen_smooth:
-            raise InputError("KPCA-CAM is a (kernel) principal component already; eigen_smooth does not apply to it")
 
     def layer_map(self, activations, gradients, classes):
         positions = math.prod(activations.shape[2:])

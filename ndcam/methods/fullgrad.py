@@ -18,6 +18,7 @@ definition; still no parameter ``.grad`` is written.
 from __future__ import annotations
 
 from collections.abc import Callable
+from types import MappingProxyType
 
 import torch
 from torch import nn
@@ -85,6 +86,9 @@ class FullGrad(BaseCAM):
 
     input_gradient = True
     relu = False
+    unsupported = MappingProxyType({
+        "eigen_smooth": "its map sums input-gradient and bias-gradient terms, not channel contributions of one layer",
+    })
 
     def _layers_for(self, ctx):
         if self._layers is not None:
