@@ -26,6 +26,9 @@ N = 2
 #: small settings for the slow methods (fewer noisy / path samples, fewer NMF steps)
 FAST = {"sscam": {"n_samples": 3}, "iscam": {"n_samples": 3}, "smoothgradcampp": {"n_samples": 2},
         "dff": {"iterations": 20}}
+#: methods whose map is a first principal component already: eigen smoothing leaves it unchanged by design (their
+#: ``channel_maps`` are chosen so), which the matrix checks instead of a change
+PRINCIPAL = {"eigencam", "eigengradcam"}
 
 
 def _counting(model: torch.nn.Module) -> list[int]:
@@ -92,10 +95,33 @@ def test_option_works_or_is_refused_before_the_forward(method, option):
     assert calls, "the model never ran"
     assert exp.maps.shape[0] == N and tuple(exp.maps.shape[1:]) in shapes, (tuple(exp.maps.shape), shapes)
     assert exp.maps.dtype == torch.float32 and bool(torch.isfinite(exp.maps).all())
+    _check_honoured(cls, method, option, model, x, layers, ctor, call, exp)
     if option == "normalize":  # raw maps: the recorded range is the map's own
         torch.testing.assert_close(exp.raw_max, exp.maps.flatten(1).amax(1))
     elif not (exp.maps == 0).all():
         assert float(exp.maps.max()) <= 1.0 and float(exp.maps.min()) >= 0.0
+
+
+def _check_honoured(cls, method, option, model, x, layers, ctor, call, exp):
+    """The option changed what it should: per_sample gives the batch's maps (eval mode, no batch statistics),
+    eigen/aug smoothing and extra inputs change the maps (not silently dropped).
+    """
+    base_ctor = {k: v for k, v in ctor.items() if k != option}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ndcam.ConstantMapWarning)
+        if option == "per_sample":
+            torch.testing.assert_close(exp.maps, cls(model, layers, **base_ctor).explain(x, [0, 1]).maps,
+                                       atol=1e-5, rtol=1e-4)
+        elif option == "eigen_smooth" and method in PRINCIPAL:
+            torch.testing.assert_close(exp.maps, cls(model, layers, **base_ctor).explain(x, [0, 1]).maps,
+                                       atol=1e-5, rtol=1e-4)
+        elif option in ("eigen_smooth", "aug_smooth"):
+            plain = cls(model, layers, **base_ctor).explain(x, [0, 1])
+            assert not torch.allclose(exp.maps, plain.maps), f"{method} ignored {option}"
+        elif option == "forward_args":
+            other = {"forward_args": (call["forward_args"][0] * 0 + 1,), "forward_kwargs": {"temperature": 1.0}}
+            plain = cls(model, layers, **ctor).explain(x, [0, 1], **other)
+            assert not torch.allclose(exp.scores, plain.scores), f"{method} ignored the extra inputs"
 
 
 def test_every_declared_unsupported_option_is_a_known_option_with_a_reason():
@@ -167,3 +193,16 @@ def test_a_method_defined_in_one_place_is_available_everywhere(toy_method, rank,
 
 def test_the_toy_method_is_gone_after_the_fixture():
     assert "toymethod" not in ndcam.methods()
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_cli_gives_perturbation_options_to_the_perturbative_classes(method):
+    cls = ndcam.get_method(method)
+    args = type("Args", (), {"batch_size": 4})()
+    opts = ndcam.cli._method_options(cls, args)
+    if cls.perturbative:
+        assert opts["batch_size"] == 4 and "progress" in opts
+        cls(make_net(1), "feat", **opts)  # the class takes them
+    else:
+        assert "batch_size" not in opts
+    assert {"scorecam", "ablationcam", "sscam", "iscam"} <= {m for m in METHODS if ndcam.get_method(m).perturbative}
