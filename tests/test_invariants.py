@@ -176,6 +176,13 @@ class ContextLayerMaps(ndcam.GradCAM):
                 for a, g in zip(ctx.cap.activations, grads)]
 
 
+def test_the_removed_layer_maps_signature_is_refused_at_class_definition():
+    with pytest.raises(TypeError, match=r"_layer_maps must take \(self, ctx\)"):
+        class Old(ndcam.GradCAM):
+            def _layer_maps(self, cap, x, sc, class_idx, score_fn):
+                return []
+
+
 def test_subclasses_of_the_private_signatures_work(rank):
     model, x = make_net(rank), make_input(rank)
     want = ndcam.GradCAM(model, "feat")(x, [0, 1, 2])

@@ -265,6 +265,12 @@ class BaseCAM:
         super().__init_subclass__(**kwargs)
         if "_run" in cls.__dict__:
             cls._legacy_run = len(inspect.signature(cls.__dict__["_run"]).parameters) == 7
+        if "_layer_maps" in cls.__dict__ and len(inspect.signature(cls.__dict__["_layer_maps"]).parameters) != 2:
+            raise TypeError(
+                f"{cls.__name__}._layer_maps must take (self, ctx): the per-call CallContext (ctx.cap, ctx.x, "
+                f"ctx.scores, ctx.class_idx, ctx.score_fn, ctx.inputs); the earlier signature "
+                f"(self, cap, x, sc, class_idx, score_fn) is no longer supported"
+            )
 
     def __init__(
         self,

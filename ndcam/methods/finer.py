@@ -104,9 +104,13 @@ class FinerCAM(ClassScoreMixin, BaseCAM):
             j = min(DEFAULT_SIMILAR, z.shape[1] - 1) if self.n_similar is None else self.n_similar
             return similar_classes(z, idx, j)
 
-        return ClassScore(targets, n, device, lambda z, idx, comp: finer_scores(two_sided(z), idx, comp, self.alpha,
-                                                                         weighting=self.weighting),
-                          "targets", prepare)
+        def score(z, idx, comp):
+            # in float64 (or wider): with float32 logits ~1e35 the softmax weights' gradient (z_t - z_j) / eps
+            # overflows float32 and meets a zero softmax derivative (inf * 0 = NaN)
+            wide = two_sided(z).to(torch.promote_types(z.dtype, torch.float64))
+            return finer_scores(wide, idx, comp, self.alpha, weighting=self.weighting).to(z.dtype)
+
+        return ClassScore(targets, n, device, score, "targets", prepare)
 
     def weights(self, activations, gradients, classes):
         return gradcam_weights(gradients)
