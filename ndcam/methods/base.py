@@ -493,7 +493,7 @@ class BaseCAM:
             return self._run(ctx)
         outer, self._legacy_ctx = self._legacy_ctx, ctx
         try:
-            return self._run(ctx.x, ctx.targets.spec, ctx.score_fn, ctx.class_idx, ctx.upsample,  # type: ignore[call-arg]
+            return self._run(ctx.x, ctx.targets.spec, ctx.score_fn, ctx.class_idx, ctx.upsample,  # type: ignore[call-arg,arg-type]
                              ctx.normalize)
         finally:
             self._legacy_ctx = outer

@@ -48,11 +48,12 @@ def fullgrad_postprocess(t: torch.Tensor, eps: float = FULLGRAD_EPS) -> torch.Te
 def effective_bias(module: nn.Module) -> torch.Tensor | None:
     """The per-channel bias a layer adds: a convolution's bias, or BatchNorm's ``beta - mean * gamma / sqrt(var+eps)``."""
     if isinstance(module, nn.modules.batchnorm._BatchNorm):
-        if module.running_mean is None:
+        mean, var = module.running_mean, module.running_var
+        if mean is None or var is None:
             return None
-        scale = module.weight if module.weight is not None else torch.ones_like(module.running_var)
-        shift = module.bias if module.bias is not None else torch.zeros_like(module.running_mean)
-        return (shift - module.running_mean * scale / torch.sqrt(module.running_var + module.eps)).detach()
+        scale = module.weight if module.weight is not None else torch.ones_like(var)
+        shift = module.bias if module.bias is not None else torch.zeros_like(mean)
+        return (shift - mean * scale / torch.sqrt(var + module.eps)).detach()
     bias = getattr(module, "bias", None)
     return None if bias is None else bias.detach()
 

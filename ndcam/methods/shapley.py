@@ -129,6 +129,7 @@ class ShapleyCAM(ClassScoreMixin, BaseCAM):
         acts = cap.activations
         per_layer: list[list[torch.Tensor]] = [[] for _ in acts]
         for k in range(sc.shape[1]):
+            grads: tuple[torch.Tensor | None, ...]
             if sc.requires_grad:
                 grads = torch.autograd.grad(sc[:, k].sum(), raws, create_graph=True, retain_graph=True,
                                             allow_unused=True)
