@@ -343,6 +343,14 @@ class Capture:
         return [r.detach() for r in self._raw]
 
     @property
+    def outputs_with_graph(self) -> list[torch.Tensor]:
+        """The layers' outputs as the model produced them (before ``reshape``), *not* detached: with gradients
+        (``grads=True``) each is the leaf the head's graph starts from, so a method can differentiate the scores with
+        respect to them -- also twice (``create_graph=True``, ShapleyCAM's Hessian-vector product).
+        """
+        return list(self._raw)
+
+    @property
     def activations(self) -> list[torch.Tensor]:
         """Recorded activations ``(N, C, *spatial)``, one per captured call, detached."""
         return [self._view(r.detach()) for r in self._raw]

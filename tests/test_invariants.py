@@ -50,6 +50,10 @@ def test_conv1d_net_and_its_conv2d_conv3d_twins_give_the_same_maps(method, upsam
     net1 = randomize_bn(TwinNet(1)).double().eval()
     x1 = make_input(1, n=3)
     kw = {"layers": "act3" if method == "cam" else "feat"}  # CAM needs the layer right before pooling
+    if not upsample and "upsample" in ndcam.get_method(method).unsupported:  # declared: refused before any forward
+        with pytest.raises(ndcam.InputError, match="upsample=False"):
+            ndcam.explain(net1, x1, method, upsample=upsample, **kw)
+        return
     m1 = ndcam.explain(net1, x1, method, upsample=upsample, **kw).maps
     assert m1.shape[0] == 3 and m1.max() > 0
     for rank in (2, 3):
@@ -163,16 +167,23 @@ class LegacyRun(ndcam.GradCAM):
             handle.remove()
 
 
-class LegacyLayerMaps(ndcam.GradCAM):
-    """A subclass with the earlier ``_layer_maps(cap, x, sc, class_idx, score_fn)`` signature."""
+class ContextLayerMaps(ndcam.GradCAM):
+    """A subclass overriding ``_layer_maps(ctx)`` (the per-call context)."""
 
-    def _layer_maps(self, cap, x, sc, class_idx, score_fn):
-        grads = cap.gradients(sc[:, 0])
+    def _layer_maps(self, ctx):
+        grads = ctx.cap.gradients(ctx.scores[:, 0])
         return [torch.stack([torch.relu(ndcam.ops.weighted_sum(ndcam.ops.spatial_mean(g), a))], 1)
-                for a, g in zip(cap.activations, grads)]
+                for a, g in zip(ctx.cap.activations, grads)]
 
 
-def test_subclasses_of_the_earlier_private_signatures_still_work(rank):
+def test_the_removed_layer_maps_signature_is_refused_at_class_definition():
+    with pytest.raises(TypeError, match=r"_layer_maps must take \(self, ctx\)"):
+        class Old(ndcam.GradCAM):
+            def _layer_maps(self, cap, x, sc, class_idx, score_fn):
+                return []
+
+
+def test_subclasses_of_the_private_signatures_work(rank):
     model, x = make_net(rank), make_input(rank)
     want = ndcam.GradCAM(model, "feat")(x, [0, 1, 2])
     legacy = LegacyRun(model, "feat")
@@ -181,4 +192,4 @@ def test_subclasses_of_the_earlier_private_signatures_still_work(rank):
     torch.testing.assert_close(LegacyRun(model, "feat", per_sample=True)(x, [0, 1, 2]), want)
     torch.testing.assert_close(LegacyRun(model, "feat", aug_smooth=True)(x, [0, 1, 2]),
                                ndcam.GradCAM(model, "feat", aug_smooth=True)(x, [0, 1, 2]))
-    torch.testing.assert_close(LegacyLayerMaps(model, "feat")(x, [0, 1, 2]), want)
+    torch.testing.assert_close(ContextLayerMaps(model, "feat")(x, [0, 1, 2]), want)

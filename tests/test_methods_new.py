@@ -438,3 +438,21 @@ def test_smoothing_options_work_or_are_refused(method):
     exp = _cam(method, model, aug_smooth=True).explain(x, torch.tensor([[0, 1]] * 3))
     assert exp.maps.shape == (3, 2, *x.shape[2:]) and torch.isfinite(exp.maps).all()
     assert exp.targets.tolist() == [[0, 1]] * 3
+
+
+@pytest.mark.parametrize("method", ["randomcam", "sscam", "smoothgradcampp"])
+def test_threads_sharing_a_generator_instance_get_the_maps_of_sequential_calls(method):
+    """The call seed lives in the call's context (drawn under the model's lock), never on the instance."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    model, x = make_net(1), make_input(1)
+    seq = _cam(method, model, generator=torch.Generator().manual_seed(3))
+    expected = [seq(x, 1) for _ in range(4)]
+    cam = _cam(method, model, generator=torch.Generator().manual_seed(3))
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda _: cam(x, 1), range(4)))
+    remaining = list(expected)
+    for m in got:  # the same four maps, in some order
+        hit = next(i for i, e in enumerate(remaining) if torch.allclose(m, e))
+        remaining.pop(hit)
+    assert not any(hasattr(cam, a) for a in ("_call_seed", "seed_now")) and "state" not in vars(cam)

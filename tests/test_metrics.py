@@ -139,8 +139,9 @@ class InputEdges(ndcam.BaseCAM):
 
     uses_gradients = False
 
-    def _layer_maps(self, cap, x, sc, class_idx, score_fn):
-        return [x.abs().sum(1, keepdim=True).expand(-1, sc.shape[1], *x.shape[2:])]
+    def _layer_maps(self, ctx):
+        x = ctx.x
+        return [x.abs().sum(1, keepdim=True).expand(-1, ctx.scores.shape[1], *x.shape[2:])]
 
 
 @pytest.mark.parametrize("rank", [1, 2])

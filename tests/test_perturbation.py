@@ -102,4 +102,4 @@ def test_progress_bar_for_long_runs(capsys):
 def test_perturbation_classes_say_so():
     assert ndcam.ScoreCAM.perturbative and ndcam.AblationCAM.perturbative
     assert not ndcam.GradCAM.perturbative and not ndcam.FullGrad.perturbative
-    assert {n for n in ndcam.methods() if ndcam.get_method(n).perturbative} == {"scorecam", "ablationcam"}
+    assert {n for n in ndcam.methods() if ndcam.get_method(n).perturbative} == {"scorecam", "ablationcam", "sscam", "iscam"}

@@ -49,22 +49,25 @@ class ClassScore:
 
 class ClassScoreMixin:
     """For a :class:`BaseCAM` subclass: class targets are explained through :meth:`class_score` (a
-    :class:`ClassScore`); callables are passed on as they are, unless :attr:`callable_targets` is False.
-    """
+    :class:`ClassScore`); callables are passed on as they are.
 
-    callable_targets = True
+    The score is made per captured run (:meth:`_run`) from the run's own resolved classes, so it is per-call state
+    (threads sharing an instance are safe), each sample of ``per_sample=True`` resolves its own top-1 class, and the
+    augmented runs of ``aug_smooth`` explain the classes of the unaugmented one.
+    """
 
     def class_score(self, targets, n: int, device: torch.device) -> ClassScore:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def explain(self, x, targets=None, *, upsample: bool = True, normalize: bool = True):  # noqa: D102
-        from .base import _check_input
+    def _run(self, ctx):  # noqa: D102
+        from dataclasses import replace
 
-        _check_input(x)
-        self.check_targets(targets)  # type: ignore[attr-defined]
-        if callable(targets) and not isinstance(targets, torch.Tensor):
-            return super().explain(x, targets, upsample=upsample, normalize=normalize)  # type: ignore[misc]
-        score = self.class_score(targets, x.shape[0], x.device)
-        exp = super().explain(x, score, upsample=upsample, normalize=normalize)  # type: ignore[misc]
+        from ..targets import Targets
+
+        spec = ctx.targets.spec
+        if spec is not None and callable(spec) and not isinstance(spec, torch.Tensor):
+            return super()._run(ctx)  # type: ignore[misc]
+        score = self.class_score(ctx.targets.classes, ctx.n, ctx.x.device)
+        exp = super()._run(replace(ctx, targets=Targets(score, score, None, score.multi)))  # type: ignore[misc]
         exp.targets = score.resolved()
         return exp

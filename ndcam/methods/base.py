@@ -45,9 +45,22 @@ from ..layers import LayerSpec, auto_choice, check_not_scripted, resolve_layers
 from ..smoothing import Augmentations, smooth
 from ..targets import Targets, TargetSpec, _TopClass, logits_of, resolve_targets
 
-__all__ = ["BaseCAM", "CallContext", "register", "REGISTRY", "range_and_normalize"]
+__all__ = ["BaseCAM", "CallContext", "register", "REGISTRY", "OPTIONS", "range_and_normalize"]
 
 REGISTRY: dict[str, type[BaseCAM]] = {}
+
+#: the generic options every method takes (constructor: eigen_smooth, aug_smooth, reshape, per_sample; call: upsample,
+#: normalize, forward_args/forward_kwargs), each with how asking for it reads: a method honours each option or lists
+#: it in :attr:`BaseCAM.unsupported`
+OPTIONS = {
+    "eigen_smooth": "eigen_smooth=True",
+    "aug_smooth": "aug_smooth",
+    "reshape": "reshape= (a token-grid adapter)",
+    "per_sample": "per_sample=True",
+    "upsample": "upsample=False",
+    "normalize": "normalize=False",
+    "forward_args": "extra model inputs (forward_args / forward_kwargs)",
+}
 
 
 def register(*names: str) -> Callable[[type[BaseCAM]], type[BaseCAM]]:
@@ -117,6 +130,8 @@ class CallContext:
         output: the model's output of the captured forward.
         scores: the target scores ``(N, K)`` (K = 1 for one map per sample).
         saved: what a method keeps for its caller (e.g. Guided Backprop's input gradients).
+        state: what a method derives once per call and its steps share (e.g. the stochastic methods' call seed,
+            set by :meth:`BaseCAM._start_call`); shared by the per-sample and augmented runs of the call.
     """
 
     x: torch.Tensor
@@ -130,6 +145,7 @@ class CallContext:
     output: Any = None
     scores: torch.Tensor | None = None
     saved: dict = field(default_factory=dict)
+    state: dict = field(default_factory=dict)
 
     @property
     def n(self) -> int:
@@ -232,10 +248,13 @@ class BaseCAM:
     uses_gradients: ClassVar[bool] = True
     input_gradient: ClassVar[bool] = False
     relu: ClassVar[bool] = True
+    #: whether the method explains target callables (``False``: class indices only; refused before any forward)
+    callable_targets: ClassVar[bool] = True
+    #: the generic options the method cannot honour, ``{option: why}`` (options from :data:`OPTIONS`): asking for one
+    #: is refused with an :class:`~ndcam.InputError` naming it, before any forward pass (see :meth:`_refuse`)
+    unsupported: ClassVar[Mapping[str, str]] = types.MappingProxyType({})
     #: whether the method runs perturbed forward passes (Score-CAM, Ablation-CAM): the CLI shows progress for these
     perturbative: ClassVar[bool] = False
-    #: set for subclasses whose ``_layer_maps`` still has the earlier signature ``(cap, x, sc, class_idx, score_fn)``
-    _legacy_layer_maps: ClassVar[bool] = False
     #: set for subclasses whose ``_run`` override still has the earlier signature
     #: ``(x, targets, score_fn, class_idx, upsample, normalize)`` (and calls ``super()._run`` with it)
     _legacy_run: ClassVar[bool] = False
@@ -244,10 +263,14 @@ class BaseCAM:
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        for name, count, flag in (("_layer_maps", 6, "_legacy_layer_maps"), ("_run", 7, "_legacy_run")):
-            if name in cls.__dict__:
-                params = list(inspect.signature(cls.__dict__[name]).parameters)
-                setattr(cls, flag, len(params) == count)
+        if "_run" in cls.__dict__:
+            cls._legacy_run = len(inspect.signature(cls.__dict__["_run"]).parameters) == 7
+        if "_layer_maps" in cls.__dict__ and len(inspect.signature(cls.__dict__["_layer_maps"]).parameters) != 2:
+            raise TypeError(
+                f"{cls.__name__}._layer_maps must take (self, ctx): the per-call CallContext (ctx.cap, ctx.x, "
+                f"ctx.scores, ctx.class_idx, ctx.score_fn, ctx.inputs); the earlier signature "
+                f"(self, cap, x, sc, class_idx, score_fn) is no longer supported"
+            )
 
     def __init__(
         self,
@@ -271,7 +294,16 @@ class BaseCAM:
         self.eigen_smooth = bool(eigen_smooth)
         self.aug_smooth = aug_smooth
         self.per_sample = _bool(per_sample, "per_sample")
+        self._refuse(eigen_smooth=self.eigen_smooth, aug_smooth=bool(aug_smooth), reshape=reshape is not None,
+                     per_sample=self.per_sample)
         self._layers = None if layers is None else resolve_layers(model, layers)
+
+    @classmethod
+    def _refuse(cls, **asked: bool) -> None:
+        """Raise :class:`~ndcam.InputError` for an option in :attr:`unsupported` that is asked for (``True``)."""
+        for option, on in asked.items():
+            if on and option in cls.unsupported:
+                raise InputError(f"{cls.__name__} does not support {OPTIONS[option]}: {cls.unsupported[option]}")
 
     # -- context manager: nothing is attached between calls, so exit has only to make sure of that -------------
     def __enter__(self) -> BaseCAM:
@@ -301,7 +333,14 @@ class BaseCAM:
         return w.reshape(w.shape + (1,) * (activations.ndim - 2)) * activations
 
     def check_targets(self, targets: TargetSpec) -> None:
-        """Method-specific target validation (before any forward pass)."""
+        """Method-specific target validation (before any forward pass). Default: methods with
+        ``callable_targets = False`` refuse callables.
+        """
+        if not self.callable_targets and callable(targets) and not isinstance(targets, torch.Tensor):
+            raise InputTypeError(
+                f"{type(self).__name__} needs class indices as targets (None, int, sequence or (N, K) tensor), not a "
+                f"callable"
+            )
 
     # -- public entry points --------------------------------------------------------------------------------------
     def __call__(
@@ -364,6 +403,7 @@ class BaseCAM:
         upsample, normalize = _bool(upsample, "upsample"), _bool(normalize, "normalize")
         n = x.shape[0]
         inputs = ModelInputs.make(forward_args, forward_kwargs, n)
+        self._refuse(upsample=not upsample, normalize=not normalize, forward_args=bool(inputs))
         self.check_targets(targets)
         with torch.inference_mode(False):  # class-index tensors made here must be usable by autograd
             resolved = resolve_targets(targets, n, x.device)
@@ -376,6 +416,7 @@ class BaseCAM:
                         x = x.clone()
                     ctx = CallContext(x, inputs.normal(), resolved, upsample, normalize,
                                       saved={k: [] for k in save})
+                    self._start_call(ctx)
                     if self.per_sample and n > 1:
                         exp = self._run_per_sample(ctx)
                     else:
@@ -430,6 +471,11 @@ class BaseCAM:
         return first
 
     # -- orchestration --------------------------------------------------------------------------------------------
+    def _start_call(self, ctx: CallContext) -> None:
+        """Derive what the whole call shares into ``ctx.state`` (runs once per call, under the model's lock, before
+        any forward). Default: nothing.
+        """
+
     def _forward_context(self, ctx: CallContext) -> contextlib.AbstractContextManager:
         """What the captured forward runs inside (Guided Backprop: its guided ReLU hooks). Default: nothing."""
         return contextlib.nullcontext()
@@ -440,7 +486,7 @@ class BaseCAM:
             return self._run(ctx)
         outer, self._legacy_ctx = self._legacy_ctx, ctx
         try:
-            return self._run(ctx.x, ctx.targets.spec, ctx.score_fn, ctx.class_idx, ctx.upsample,  # type: ignore[call-arg]
+            return self._run(ctx.x, ctx.targets.spec, ctx.score_fn, ctx.class_idx, ctx.upsample,  # type: ignore[call-arg,arg-type]
                              ctx.normalize)
         finally:
             self._legacy_ctx = outer
@@ -470,10 +516,7 @@ class BaseCAM:
                 multi = scores.ndim == 2
                 ctx.scores = scores if multi else scores[:, None]
                 names = list(cap.names)
-                if self._legacy_layer_maps:
-                    per_layer = self._layer_maps(cap, x, ctx.scores, ctx.class_idx, ctx.score_fn)  # type: ignore[call-arg,arg-type]
-                else:
-                    per_layer = self._layer_maps(ctx)
+                per_layer = self._layer_maps(ctx)
             finally:
                 cap.clear()
                 ctx.cap = ctx.output = None
@@ -510,7 +553,8 @@ class BaseCAM:
     def _layer_maps(self, ctx: CallContext) -> list[torch.Tensor]:
         """Raw maps ``(N, K, *S_l)``, one per captured layer call, for the K target scores ``ctx.scores`` ``(N, K)``.
 
-        (Subclasses written for the earlier signature ``_layer_maps(cap, x, sc, class_idx, score_fn)`` still work.)
+        Runs inside the captured forward: ``ctx.cap`` holds the activations (and the graph for gradients),
+        ``ctx.output`` the model's output, ``ctx.scores`` the scores; ``ctx.class_idx`` the resolved classes.
         """
         cap, sc, class_idx = ctx.cap, ctx.scores, ctx.class_idx
         assert cap is not None and sc is not None, "_layer_maps runs inside the captured forward"
@@ -536,8 +580,7 @@ class BaseCAM:
             m = self.layer_map(a, g, classes)
         return torch.relu(m) if self.relu else m
 
-    @staticmethod
-    def _fuse(maps: list[torch.Tensor], x: torch.Tensor, upsample: bool, normalize: bool):
+    def _fuse(self, maps: list[torch.Tensor], x: torch.Tensor, upsample: bool, normalize: bool):
         """Bring per-layer maps ``(N, K, *S_l)`` to one size, fuse, normalize. Returns (maps, raw_min, raw_max)."""
         if upsample:
             size = tuple(x.shape[2:])

@@ -9,6 +9,7 @@ calls. Pure functions first, thin classes after.
 from __future__ import annotations
 
 import math
+from types import MappingProxyType
 
 import torch
 from einops import rearrange
@@ -180,6 +181,7 @@ class KPCACAM(BaseCAM):
     """
 
     uses_gradients = False
+    unsupported = MappingProxyType({"eigen_smooth": "KPCA-CAM's map is a (kernel) principal component already"})
 
     def __init__(self, model: nn.Module, layers=None, *, kernel: str = "rbf", gamma: float | None = None,
                  degree: int = 3, coef0: float = 1.0, max_positions: int = 4096, **options) -> None:
@@ -190,8 +192,6 @@ class KPCACAM(BaseCAM):
             raise InputError(f"gamma must be None or a positive number, got {gamma!r}")
         self.kernel, self.gamma, self.degree, self.coef0 = kernel, gamma, _check_int("degree", degree), float(coef0)
         self.max_positions = _check_int("max_positions", max_positions)
-        if self.eigen_smooth:
-            raise InputError("KPCA-CAM is a (kernel) principal component already; eigen_smooth does not apply to it")
 
     def layer_map(self, activations, gradients, classes):
         positions = math.prod(activations.shape[2:])
@@ -252,22 +252,23 @@ class DeepFeatureFactorization(BaseCAM):
         """Concept maps ``(N, k, *spatial)`` (min-max normalized; at the input's size with ``upsample``) and concept
         vectors ``(N, C, k)`` of the first target layer (strongest concept first). No gradients are computed.
         """
-        from ..capture import Capture, ModelState
+        from ..capture import Capture, ModelState, model_lock
         from .base import _check_device, _check_finite, _check_input
 
         _check_input(x)
         _check_device(self.model, x)
         _check_finite(x)
         layers = self._layers if self._layers is not None else self._default_layers(x)
-        state = ModelState.save(self.model)
-        try:
-            with torch.inference_mode(False), Capture(self.model, layers[:1], x.ndim - 2, grads=False,
-                                                        reshape=self.reshape) as cap:
-                cap.forward(x.detach())
-                a = cap.activations[0]
-                cap.clear()
-        finally:
-            state.restore()
+        with model_lock(self.model):
+            state = ModelState.save(self.model)
+            try:
+                with torch.inference_mode(False), Capture(self.model, layers[:1], x.ndim - 2, grads=False,
+                                                            reshape=self.reshape) as cap:
+                    cap.forward(x.detach())
+                    a = cap.activations[0]
+                    cap.clear()
+            finally:
+                state.restore()
         w, h, _ = self._factorize(a)
         n, k = h.shape[:2]
         if upsample:

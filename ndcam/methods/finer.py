@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .._errors import InputError, InputTypeError
+from .._errors import InputError
 from ._class_scores import ClassScore, ClassScoreMixin
 from .base import BaseCAM, register
 from .gradient import gradcam_weights
@@ -92,10 +92,8 @@ class FinerCAM(ClassScoreMixin, BaseCAM):
             raise InputError(f"weighting must be 'softmax' or 'mean', got {weighting!r}")
         self.alpha, self.n_similar, self.weighting = float(alpha), n_similar, weighting
 
-    def check_targets(self, targets) -> None:
-        if callable(targets) and not isinstance(targets, (torch.Tensor, ClassScore)):
-            raise InputTypeError("Finer-CAM needs class indices as targets (None, int, sequence or (N, K) tensor), "
-                                 "not a callable: it builds the score from the target class and its similar classes")
+    #: Finer-CAM builds its score from the target class and its similar classes: class indices only
+    callable_targets = False
 
     def class_score(self, targets, n, device):
         def two_sided(z):
@@ -106,9 +104,13 @@ class FinerCAM(ClassScoreMixin, BaseCAM):
             j = min(DEFAULT_SIMILAR, z.shape[1] - 1) if self.n_similar is None else self.n_similar
             return similar_classes(z, idx, j)
 
-        return ClassScore(targets, n, device, lambda z, idx, comp: finer_scores(two_sided(z), idx, comp, self.alpha,
-                                                                         weighting=self.weighting),
-                          "targets", prepare)
+        def score(z, idx, comp):
+            # in float64 (or wider): with float32 logits ~1e35 the softmax weights' gradient (z_t - z_j) / eps
+            # overflows float32 and meets a zero softmax derivative (inf * 0 = NaN)
+            wide = two_sided(z).to(torch.promote_types(z.dtype, torch.float64))
+            return finer_scores(wide, idx, comp, self.alpha, weighting=self.weighting).to(z.dtype)
+
+        return ClassScore(targets, n, device, score, "targets", prepare)
 
     def weights(self, activations, gradients, classes):
         return gradcam_weights(gradients)

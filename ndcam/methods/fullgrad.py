@@ -18,6 +18,7 @@ definition; still no parameter ``.grad`` is written.
 from __future__ import annotations
 
 from collections.abc import Callable
+from types import MappingProxyType
 
 import torch
 from torch import nn
@@ -47,11 +48,12 @@ def fullgrad_postprocess(t: torch.Tensor, eps: float = FULLGRAD_EPS) -> torch.Te
 def effective_bias(module: nn.Module) -> torch.Tensor | None:
     """The per-channel bias a layer adds: a convolution's bias, or BatchNorm's ``beta - mean * gamma / sqrt(var+eps)``."""
     if isinstance(module, nn.modules.batchnorm._BatchNorm):
-        if module.running_mean is None:
+        mean, var = module.running_mean, module.running_var
+        if mean is None or var is None:
             return None
-        scale = module.weight if module.weight is not None else torch.ones_like(module.running_var)
-        shift = module.bias if module.bias is not None else torch.zeros_like(module.running_mean)
-        return (shift - module.running_mean * scale / torch.sqrt(module.running_var + module.eps)).detach()
+        scale = module.weight if module.weight is not None else torch.ones_like(var)
+        shift = module.bias if module.bias is not None else torch.zeros_like(mean)
+        return (shift - mean * scale / torch.sqrt(var + module.eps)).detach()
     bias = getattr(module, "bias", None)
     return None if bias is None else bias.detach()
 
@@ -85,6 +87,9 @@ class FullGrad(BaseCAM):
 
     input_gradient = True
     relu = False
+    unsupported = MappingProxyType({
+        "eigen_smooth": "its map sums input-gradient and bias-gradient terms, not channel contributions of one layer",
+    })
 
     def _layers_for(self, ctx):
         if self._layers is not None:
@@ -114,7 +119,9 @@ class FullGrad(BaseCAM):
             )
         return layers, self.reshape
 
-    def _layer_maps(self, cap, x, sc, class_idx, score_fn):
+    def _layer_maps(self, ctx):
+        cap, x, sc = ctx.cap, ctx.x, ctx.scores
+        assert cap is not None and sc is not None and cap.input is not None, "_layer_maps runs in the captured forward"
         size = tuple(x.shape[2:])
         modules = dict(cap.layers)
         biases = [effective_bias(modules[name]) for name in cap.names]

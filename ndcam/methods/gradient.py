@@ -255,9 +255,9 @@ class LayerCAM(BaseCAM):
     def channel_maps(self, activations, gradients, classes):
         return torch.relu(gradients) * activations
 
-    def _fuse(self, maps, x, upsample, normalize):  # type: ignore[override]
+    def _fuse(self, maps, x, upsample, normalize):
         if len(maps) == 1 or self.gamma is None:
-            return BaseCAM._fuse(maps, x, upsample, normalize)
+            return super()._fuse(maps, x, upsample, normalize)
         size = tuple(x.shape[2:]) if upsample else max((tuple(m.shape[2:]) for m in maps), key=math.prod)
         fused = layercam_fuse(maps, size, self.gamma)
         return range_and_normalize(fused, 2, normalize)

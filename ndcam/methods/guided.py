@@ -16,11 +16,13 @@ returns, also when it raises.
 from __future__ import annotations
 
 import contextlib
+from types import MappingProxyType
 
 import torch
 from torch import nn
 
 from .. import ops
+from .._errors import InputTypeError
 from ..explanation import Explanation
 from .base import BaseCAM, range_and_normalize, register
 from .gradient import GradCAM
@@ -58,6 +60,9 @@ class GuidedBackprop(BaseCAM):
 
     input_gradient = True
     relu = False
+    unsupported = MappingProxyType({
+        "eigen_smooth": "its map is an input gradient, with no channel contributions of a layer to smooth",
+    })
 
     def _default_layers(self, x):
         return []
@@ -97,15 +102,25 @@ class GuidedBackprop(BaseCAM):
 class GuidedGradCAM(BaseCAM):
     """Guided Grad-CAM: Guided Backpropagation (channel-summed magnitude) times the upsampled Grad-CAM map.
 
-    Runs two forward passes (one guided, one for Grad-CAM); maps are at the input's resolution whatever ``upsample``.
-    The product is formed in float64, so normalized maps stay finite for any float32 magnitudes; with
+    Runs two forward passes (one guided, one for Grad-CAM). ``eigen_smooth`` applies to the Grad-CAM factor,
+    ``aug_smooth`` to both factors (each averaged over the augmentations), ``reshape`` and ``per_sample`` to both;
+    ``upsample=False`` is refused: the guided gradient is an input gradient, so the product exists only at the input's
+    resolution. The product is formed in float64, so normalized maps stay finite for any float32 magnitudes; with
     ``normalize=False`` a raw product beyond float32's range (~3e38) is returned as inf.
     """
 
+    unsupported = MappingProxyType({
+        "upsample": "the guided gradient is an input gradient, so the map exists only at the input's resolution",
+    })
+
     def explain(self, x, targets=None, *, upsample=True, normalize=True, **call):
-        guided = GuidedBackprop(self.model, per_sample=self.per_sample).explain(x, targets, normalize=False, **call)
+        if not isinstance(upsample, bool) or not isinstance(normalize, bool):
+            raise InputTypeError(f"upsample and normalize must be True or False, got {upsample!r}, {normalize!r}")
+        self._refuse(upsample=not upsample)
+        common = dict(per_sample=self.per_sample, aug_smooth=self.aug_smooth)
+        guided = GuidedBackprop(self.model, **common).explain(x, targets, normalize=False, **call)
         layers = None if self._layers is None else [m for _, m in self._layers]
-        cam = GradCAM(self.model, layers, reshape=self.reshape, per_sample=self.per_sample).explain(
+        cam = GradCAM(self.model, layers, reshape=self.reshape, eigen_smooth=self.eigen_smooth, **common).explain(
             x, targets, normalize=False, **call)
         # the product in float64: two float32 factors cannot overflow or underflow there (~1e77 / 1e-90), so the
         # normalized map stays finite and exact for huge or tiny magnitudes (in float32 it became inf * 0 = NaN)

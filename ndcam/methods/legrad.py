@@ -113,10 +113,9 @@ class LeGrad(BaseCAM):
     def channel_maps(self, activations, gradients, classes):
         return torch.relu(gradients) / gradients.shape[1]
 
-    @staticmethod
-    def _fuse(maps, x, upsample, normalize):
+    def _fuse(self, maps, x, upsample, normalize):
         """Layers averaged on one raw scale, then normalized (the paper's order)."""
-        mean, _, _ = BaseCAM._fuse(maps, x, upsample, False)
+        mean, _, _ = super()._fuse(maps, x, upsample, False)
         return range_and_normalize(mean, 2, normalize)
 
 

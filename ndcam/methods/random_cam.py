@@ -15,8 +15,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .. import ops
 from ._seeding import call_seed, check_seed, draw
-from .base import BaseCAM, register
+from .base import BaseCAM, CallContext, register
 
 __all__ = ["random_weights", "RandomCAM", "SeededMixin"]
 
@@ -29,25 +30,26 @@ def random_weights(n: int, channels: int, seed: int, *, dtype: torch.dtype = tor
 
 
 class SeededMixin:
-    """``seed=`` / ``generator=`` handling: one call seed per :meth:`explain`, available as ``self._call_seed``."""
+    """``seed=`` / ``generator=`` handling: one call seed per call, drawn under the model's lock at the start of the
+    call (:meth:`BaseCAM._start_call`) and kept in the call's context (``ctx.state["seed"]``, read with
+    :meth:`call_seed_of`), never on the instance -- so threads sharing an instance get the maps of sequential calls.
+    """
 
     seed: int
     generator: torch.Generator | None
-    _call_seed: int | None = None
 
     def _set_seed(self, seed: int, generator: torch.Generator | None) -> None:
         check_seed(seed, generator)
         self.seed, self.generator = seed, generator
 
-    def explain(self, x, targets=None, *, upsample: bool = True, normalize: bool = True):  # noqa: D102
-        self._call_seed = call_seed(self.seed, self.generator)
-        try:
-            return super().explain(x, targets, upsample=upsample, normalize=normalize)  # type: ignore[misc]
-        finally:
-            self._call_seed = None
+    def _start_call(self, ctx: CallContext) -> None:
+        super()._start_call(ctx)  # type: ignore[misc]
+        ctx.state["seed"] = call_seed(self.seed, self.generator)
 
-    def _seed_now(self) -> int:
-        return self._call_seed if self._call_seed is not None else call_seed(self.seed, None)
+    @staticmethod
+    def call_seed_of(ctx: CallContext) -> int:
+        """The call seed of the running call."""
+        return ctx.state["seed"]
 
 
 @register("randomcam", "random-cam")
@@ -68,6 +70,20 @@ class RandomCAM(SeededMixin, BaseCAM):
         super().__init__(model, layers, **options)
         self._set_seed(seed, generator)
 
-    def weights(self, activations, gradients, classes):
-        n, c = activations.shape[:2]
-        return random_weights(n, c, self._seed_now(), dtype=activations.dtype, device=activations.device)
+    def _layer_maps(self, ctx: CallContext) -> list[torch.Tensor]:
+        """One map per layer from the call's random weights; class-agnostic, so the K targets share it."""
+        assert ctx.cap is not None and ctx.scores is not None, "_layer_maps runs inside the captured forward"
+        seed, k = self.call_seed_of(ctx), ctx.scores.shape[1]
+        out = []
+        for a in ctx.cap.activations:
+            if a.dtype in (torch.float16, torch.bfloat16):
+                a = a.float()
+            n, c = a.shape[:2]
+            w = random_weights(n, c, seed, dtype=a.dtype, device=a.device)
+            if self.eigen_smooth:
+                m = ops.first_principal_component(w.reshape(w.shape + (1,) * (a.ndim - 2)) * a)
+            else:
+                m = ops.weighted_sum(w, a)
+            m = torch.relu(m) if self.relu else m
+            out.append(m[:, None].expand(n, k, *m.shape[1:]).contiguous())
+        return out

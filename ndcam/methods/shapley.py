@@ -36,7 +36,7 @@ from .. import ops
 from .._errors import InputError
 from ..targets import ClassTarget, _logits
 from ._class_scores import ClassScore, ClassScoreMixin
-from .base import BaseCAM, register
+from .base import BaseCAM, CallContext, register
 
 __all__ = ["rest_scores", "ReST", "shapley_gradients", "shapley_weights", "ShapleyCAM"]
 
@@ -106,6 +106,13 @@ class ShapleyCAM(ClassScoreMixin, BaseCAM):
             raise InputError(f"target must be 'rest' or 'logit', got {target!r}")
         self.target = target
 
+    def _forward_context(self, ctx):
+        # the Hessian-vector product differentiates twice: the fused attention kernels have no double backward,
+        # the math kernel does
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        return sdpa_kernel(SDPBackend.MATH)
+
     def class_score(self, targets, n, device):
         if self.target == "rest":
             return ClassScore(targets, n, device, lambda z, idx, _: rest_scores(z, idx), "targets (ReST)")
@@ -115,11 +122,14 @@ class ShapleyCAM(ClassScoreMixin, BaseCAM):
         # `gradients` already carries the second-order correction (see _layer_maps)
         return ops.spatial_mean(gradients)
 
-    def _layer_maps(self, cap, x, sc, class_idx, score_fn):
-        raws = cap._raw  # the captured outputs with their graph (leaves of the head's graph)
+    def _layer_maps(self, ctx: CallContext) -> list[torch.Tensor]:
+        cap, sc, reshape = ctx.cap, ctx.scores, ctx.reshape
+        assert cap is not None and sc is not None, "_layer_maps runs inside the captured forward"
+        raws = cap.outputs_with_graph  # the leaves of the head's graph
         acts = cap.activations
         per_layer: list[list[torch.Tensor]] = [[] for _ in acts]
         for k in range(sc.shape[1]):
+            grads: tuple[torch.Tensor | None, ...]
             if sc.requires_grad:
                 grads = torch.autograd.grad(sc[:, k].sum(), raws, create_graph=True, retain_graph=True,
                                             allow_unused=True)
@@ -128,7 +138,8 @@ class ShapleyCAM(ClassScoreMixin, BaseCAM):
             for maps, raw, a, g in zip(per_layer, raws, acts, grads):
                 hvp = _hvp(g, raw)
                 g0 = torch.zeros_like(raw) if g is None else g
-                corrected = cap._view(shapley_gradients(g0.detach(), hvp.detach()))
+                corrected = shapley_gradients(g0.detach(), hvp.detach())
+                corrected = reshape(corrected) if reshape is not None else corrected
                 maps.append(self._one(a, corrected, None))
             del grads
         return [torch.stack(m, dim=1) for m in per_layer]

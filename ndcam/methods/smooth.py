@@ -39,9 +39,9 @@ from torch import nn
 from .. import ops
 from .._errors import InputError
 from ._seeding import draw
-from .base import BaseCAM, register
+from .base import BaseCAM, CallContext, register
 from .gradient import GRADCAMPP_EPS
-from .perturbation import _channel_blocks, _PerturbationCAM, _Progress, scorecam_weights, unit_masks
+from .perturbation import LayerSite, _PerturbationCAM, scorecam_weights, unit_masks
 from .random_cam import SeededMixin
 
 __all__ = ["ISCAM_PATHS", "iscam_scales", "smoothgradcampp_weights", "SSCAM", "ISCAM", "SmoothGradCAMpp"]
@@ -85,6 +85,8 @@ def _check_sigma(sigma: object) -> float:
 class _MaskPathCAM(SeededMixin, _PerturbationCAM):
     """Score-CAM whose masked scores are averaged over ``n_samples`` transformed masks."""
 
+    perturbative = True
+
     def __init__(self, model: nn.Module, layers=None, *, n_samples: int, batch_size: int = 64,
                  progress: bool | None = None, seed: int = 0, generator: torch.Generator | None = None,
                  **options) -> None:
@@ -92,29 +94,35 @@ class _MaskPathCAM(SeededMixin, _PerturbationCAM):
         self.n_samples = _check_samples(n_samples)
         self._set_seed(seed, generator)
 
-    def transform(self, masks: torch.Tensor, i: int, c0: int, channels: int) -> torch.Tensor:
-        """The ``i``-th transformed copy ``(b, n, *X)`` of the masks of channels ``c0..c0+b-1`` (a new tensor)."""
+    def transform(self, masks: torch.Tensor, i: int, c0: int, channels: int, seed: int) -> torch.Tensor:
+        """The ``i``-th transformed copy ``(b, n, *X)`` of the masks of channels ``c0..c0+b-1`` (a new tensor);
+        ``seed`` is the call seed.
+        """
         raise NotImplementedError
 
-    def perturbed_scores(self, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    def perturbed_scores(self, ctx: CallContext, site: LayerSite) -> torch.Tensor:
+        """Target scores ``(N, C[, K])`` of ``x`` masked by each channel's transformed masks, averaged over the
+        ``n_samples`` transformations (blocks of channels, fixed-batch fallback and progress: :meth:`_run_blocks`).
+        """
+        x, a = ctx.x, site.activation
         n, c = a.shape[:2]
         size = tuple(x.shape[2:])
-        blocks = list(_channel_blocks(c, n, self.batch_size))
-        bar = _Progress(len(blocks) * self.n_samples, type(self).__name__, self.progress)
-        out = []
-        for c0, c1 in blocks:
+        seed = self.call_seed_of(ctx)
+
+        def block(c0: int, c1: int) -> torch.Tensor:
             b = c1 - c0
             acts = a[:, c0:c1].transpose(0, 1).reshape(b * n, *a.shape[2:])
             masks = unit_masks(acts, size).reshape(b, n, *size)
             per_sample = []
             for i in range(self.n_samples):
-                m = self.transform(masks, i, c0, c)
+                m = self.transform(masks, i, c0, c, seed)
                 batch = (m[:, :, None] * x[None]).reshape(b * n, *x.shape[1:])
-                per_sample.append(self._scores_of(batch, n))
-                del batch, m
-                bar.step()
-            out.append(torch.stack(per_sample).mean(0))
-        return torch.cat(out, dim=1)
+                del m
+                per_sample.append(self._scores_of(ctx, batch))
+                del batch
+            return torch.stack(per_sample).mean(0)
+
+        return self._run_blocks(ctx, c, block)
 
     def weights_from(self, scores, base_scores):
         return scorecam_weights(scores)
@@ -138,10 +146,9 @@ class SSCAM(_MaskPathCAM):
         super().__init__(model, layers, n_samples=n_samples, **options)
         self.sigma = _check_sigma(sigma)
 
-    def transform(self, masks, i, c0, channels):
+    def transform(self, masks, i, c0, channels, seed):
         b, size = masks.shape[0], masks.shape[2:]
-        base = self._seed_now()
-        noise = torch.stack([draw("normal", tuple(size), base, i, c0 + j, channels, 11, dtype=masks.dtype,
+        noise = torch.stack([draw("normal", tuple(size), seed, i, c0 + j, channels, 11, dtype=masks.dtype,
                                   device=masks.device) for j in range(b)])
         return masks + self.sigma * noise[:, None]
 
@@ -165,7 +172,7 @@ class ISCAM(_MaskPathCAM):
         self.scales = iscam_scales(self.n_samples, path)
         self.path = path
 
-    def transform(self, masks, i, c0, channels):
+    def transform(self, masks, i, c0, channels, seed):
         return masks * self.scales[i]
 
 
@@ -199,14 +206,16 @@ class SmoothGradCAMpp(SeededMixin, BaseCAM):
         rng = (flat.amax(1) - flat.amin(1)).reshape((-1,) + (1,) * (x.ndim - 1))
         return self.sigma * rng * e
 
-    def _layer_maps(self, cap, x, sc, class_idx, score_fn):
+    def _layer_maps(self, ctx: CallContext) -> list[torch.Tensor]:
+        cap, x, sc, score_fn = ctx.cap, ctx.x, ctx.scores, ctx.score_fn
+        assert cap is not None and sc is not None, "_layer_maps runs inside the captured forward"
         acts = cap.activations
         n, k_total = sc.shape
-        base = self._seed_now()
+        base = self.call_seed_of(ctx)
         # running sums of G, G^2, G^3 per layer and target, in float64
         sums = [[[torch.zeros_like(a, dtype=torch.float64) for _ in range(3)] for _ in range(k_total)] for a in acts]
         for i in range(self.n_samples):
-            out = cap.forward(x + self._noise(x, i, base))
+            out = cap.forward(x + self._noise(x, i, base), ctx.inputs)
             s = self._check_scores(score_fn(out), n)
             s = s if s.ndim == 2 else s[:, None]
             for k in range(k_total):
