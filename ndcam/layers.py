@@ -425,7 +425,7 @@ def check_not_scripted(model: object) -> None:
             f"{type(model).__name__} is a TorchScript module (torch.jit.script/trace/load): TorchScript modules cannot "
             f"take forward hooks, so ndcam can neither list their layers nor read activations from them; explain the "
             f"original Python nn.Module (build the model class and load_state_dict the weights), or export it with "
-            f"torch.export and load the archive (ndcam's command line accepts .pt2 files)"
+            f"torch.export.export(model, (x,)) and load the archive with ndcam.io.load_model('model.pt2')"
         )
 
 

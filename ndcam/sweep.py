@@ -337,10 +337,19 @@ def _check_sample(x: Any, input_shape: tuple[int, ...], index: int) -> None:
         raise InputError(f"index {index} out of range for a batch of {x.shape[0]}")
 
 
-def _plt():
-    from .viz import _plt as viz_plt
+class _Figures:
+    """``subplots`` that builds a :class:`matplotlib.figure.Figure` directly: no pyplot, the backend is never touched."""
 
-    return viz_plt()
+    @staticmethod
+    def subplots(*args: Any, figsize: tuple[float, float] | None = None, **kwargs: Any):
+        from matplotlib.figure import Figure
+
+        fig = Figure(figsize=figsize)
+        return fig, fig.subplots(*args, **kwargs)
+
+
+def _plt() -> _Figures:
+    return _Figures()
 
 
 def _draw_band(ax: Any, t: np.ndarray, sig: np.ndarray, cam: np.ndarray, cmap: str) -> Any:

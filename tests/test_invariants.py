@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 from torch import nn
@@ -155,16 +157,22 @@ def test_float32_and_float64_models_agree(rank):
     torch.testing.assert_close(m32, m64, atol=1e-4, rtol=1e-3)
 
 
-class LegacyRun(ndcam.GradCAM):
-    """A subclass written against the earlier private signature of ``_run`` (per-call state kept on ``self``)."""
+class HookedRun(ndcam.GradCAM):
+    """A subclass that hooks the model around the captured forward through ``_forward_context(ctx)`` and keeps what
+    the hook records in ``ctx.state`` (never on ``self``)."""
 
-    def _run(self, x, targets, score_fn, class_idx, upsample, normalize):
-        self.seen = []
-        handle = self.model.register_forward_hook(lambda m, i, o: self.seen.append(o.shape[0]))
+    @contextlib.contextmanager
+    def _forward_context(self, ctx):
+        seen = ctx.state["seen"] = []
+        handle = self.model.register_forward_hook(lambda m, i, o: seen.append(o.shape[0]))
         try:
-            return super()._run(x, targets, score_fn, class_idx, upsample, normalize)
+            yield
         finally:
             handle.remove()
+
+    def _layer_maps(self, ctx):
+        assert ctx.state["seen"] == [ctx.n]  # the captured forward ran inside the context
+        return super()._layer_maps(ctx)
 
 
 class ContextLayerMaps(ndcam.GradCAM):
@@ -183,13 +191,19 @@ def test_the_removed_layer_maps_signature_is_refused_at_class_definition():
                 return []
 
 
-def test_subclasses_of_the_private_signatures_work(rank):
+def test_the_removed_run_signature_is_refused_at_class_definition():
+    with pytest.raises(TypeError, match=r"_run must take \(self, ctx\)"):
+        class Old(ndcam.GradCAM):
+            def _run(self, x, targets, score_fn, class_idx, upsample, normalize):
+                return None
+
+
+def test_subclasses_of_the_private_steps_work(rank):
     model, x = make_net(rank), make_input(rank)
     want = ndcam.GradCAM(model, "feat")(x, [0, 1, 2])
-    legacy = LegacyRun(model, "feat")
-    torch.testing.assert_close(legacy(x, [0, 1, 2]), want)
-    assert legacy.seen == [3]
-    torch.testing.assert_close(LegacyRun(model, "feat", per_sample=True)(x, [0, 1, 2]), want)
-    torch.testing.assert_close(LegacyRun(model, "feat", aug_smooth=True)(x, [0, 1, 2]),
+    torch.testing.assert_close(HookedRun(model, "feat")(x, [0, 1, 2]), want)
+    assert not model._forward_hooks  # the context's hook is gone
+    torch.testing.assert_close(HookedRun(model, "feat", per_sample=True)(x, [0, 1, 2]), want)
+    torch.testing.assert_close(HookedRun(model, "feat", aug_smooth=True)(x, [0, 1, 2]),
                                ndcam.GradCAM(model, "feat", aug_smooth=True)(x, [0, 1, 2]))
     torch.testing.assert_close(ContextLayerMaps(model, "feat")(x, [0, 1, 2]), want)

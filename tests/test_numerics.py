@@ -216,8 +216,8 @@ def test_low_precision_maps_equal_the_rounding_twins_maps(method, dtype, rank):
     err = (got - ref).abs().max().item()
     if method in FORWARD_ONLY:
         tol = 1e-5
-    else:
-        tol = TWIN_TOL[dtype][1 if method in FULL_BACKWARD else 0]
+    else:  # second-order (ShapleyCAM) and full-backward methods round through more of the network
+        tol = TWIN_TOL[dtype][1 if method in FULL_BACKWARD or method == "shapleycam" else 0]
     assert err <= tol, f"{method} {dtype}: max abs difference {err:.2e} to the rounding twin"
 
 

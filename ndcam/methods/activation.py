@@ -5,11 +5,14 @@ Pure functions first (tensors in, tensors out, any spatial rank), thin classes a
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 from torch import nn
 
 from .. import ops
-from .._errors import InputError, InputTypeError, LayerError
+from .._errors import InputError, LayerError
 from ..layers import resolve_layers
 from .base import BaseCAM, register
 
@@ -77,14 +80,13 @@ class CAM(BaseCAM):
 
     uses_gradients = False
     relu = False
+    callable_targets = False  # class rows need class indices; for custom scores GradCAM equals CAM on such heads
 
     def __init__(self, model: nn.Module, layers=None, *, fc: str | nn.Module | None = None, **options) -> None:
         super().__init__(model, layers, **options)
         self._fc = None if fc is None else resolve_layers(model, fc)[0][1]
         if self._fc is not None and not self._is_classifier(self._fc):
             raise LayerError(f"fc must be an nn.Linear or a kernel-1 convolution, got {type(self._fc).__name__}")
-        self._seen: dict[nn.Module, tuple[torch.Tensor, torch.Tensor]] | None = None
-        self._outputs: list[torch.Tensor] = []
 
     @staticmethod
     def _is_classifier(m: nn.Module) -> bool:
@@ -92,17 +94,14 @@ class CAM(BaseCAM):
             return True
         return isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) and m.groups == 1 and all(k == 1 for k in m.kernel_size)
 
-    def check_targets(self, targets) -> None:
-        if callable(targets) and not isinstance(targets, torch.Tensor):
-            raise InputTypeError(
-                "CAM needs class indices as targets (None, int, sequence or (N, K) tensor), not a callable; for "
-                "custom scores use GradCAM, which equals CAM on global-pooling + linear heads"
-            )
-
-    def _run(self, x, targets, score_fn, class_idx, upsample: bool, normalize: bool):
-        """Record every candidate classifier's input and output and the model's output on the explained forward."""
+    @contextlib.contextmanager
+    def _forward_context(self, ctx) -> Iterator[None]:
+        """Record every candidate classifier's input and output and the model's output on the explained forward
+        (into ``ctx.state``: the check reads them in :meth:`_layer_maps`).
+        """
         seen: dict[nn.Module, tuple[torch.Tensor, torch.Tensor]] = {}
         outputs: list[torch.Tensor] = []
+        ctx.state["cam_seen"], ctx.state["cam_outputs"] = seen, outputs
 
         def start(module: nn.Module, inputs: tuple) -> None:  # each forward of the model (a probe, then the call)
             seen.clear()
@@ -118,13 +117,34 @@ class CAM(BaseCAM):
         candidates = [self._fc] if self._fc is not None else [m for m in self.model.modules() if self._is_classifier(m)]
         handles = [m.register_forward_hook(record) for m in candidates]
         handles += [self.model.register_forward_pre_hook(start), self.model.register_forward_hook(record_output)]
-        self._seen, self._outputs = seen, outputs
         try:
-            return super()._run(x, targets, score_fn, class_idx, upsample, normalize)
+            yield
         finally:
             for h in handles:
                 h.remove()
-            self._seen, self._outputs = None, []
+
+    def _layer_maps(self, ctx) -> list[torch.Tensor]:
+        """``M = sum_c W[k, c] A_c`` per captured layer call and target, with the classifier checked first."""
+        cap, class_idx, sc = ctx.cap, ctx.class_idx, ctx.scores
+        if class_idx is None:
+            raise InputError("CAM needs class indices")
+        out = []
+        for a in cap.activations:
+            a = ops.wide(a)
+            w = self._fc_weight(a, ctx.state).detach().to(a.dtype)
+            maps = []
+            for k in range(sc.shape[1]):
+                classes = class_idx[:, k] if class_idx.ndim == 2 else class_idx
+                if w.shape[0] > 1 and int(classes.max()) >= w.shape[0]:
+                    raise InputError(
+                        f"CAM: class {int(classes.max())} out of range for a classifier with {w.shape[0]} classes")
+                wk = cam_weights(w, classes)
+                if self.eigen_smooth:
+                    maps.append(ops.first_principal_component(wk.reshape(wk.shape + (1,) * (a.ndim - 2)) * a))
+                else:
+                    maps.append(ops.weighted_sum(wk, a))
+            out.append(torch.stack(maps, dim=1))
+        return out
 
     @staticmethod
     def _tensors(out: object) -> list[torch.Tensor]:
@@ -141,29 +161,35 @@ class CAM(BaseCAM):
 
     @staticmethod
     def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
+        """Equal up to roundings (relative 1e-2 of the larger magnitude; 1e-7 when both are float64).
+
+        The check is about structure -- a ReLU, a hidden layer or a token read between the layer and the classifier
+        changes the values at order one -- so the tolerance also covers models that compute or round in float16.
+        """
         if a.shape != b.shape:
             return False
+        rtol = 1e-7 if a.dtype == b.dtype == torch.float64 else 1e-2
         a, b = a.double(), b.double()
-        rtol = {torch.float64: 1e-7, torch.float32: 1e-4}.get(a.dtype, 1e-2)
-        rtol = max(rtol, {torch.float64: 1e-7, torch.float32: 1e-4}.get(b.dtype, 1e-2))
         scale = float(b.abs().max()) if b.numel() else 0.0
         return bool(torch.allclose(a, b, rtol=rtol, atol=rtol * max(scale, 1e-12)))
 
-    def _is_model_output(self, out: torch.Tensor, n: int, *, pooled: bool) -> bool:
+    def _is_model_output(self, out: torch.Tensor, n: int, outputs: list[torch.Tensor], *, pooled: bool) -> bool:
         """Whether a classifier's output (pooled over space first if ``pooled``) is the model's output or its logits."""
         logits = out.flatten(2).mean(2) if pooled and out.ndim > 2 else out
         logits = logits.reshape(n, -1).double()
         forms = [logits, torch.softmax(logits, 1), torch.log_softmax(logits, 1), torch.sigmoid(logits)]
-        return any(self._close(f, t.reshape(n, -1)) for t in self._outputs if t.numel() == logits.numel()
+        return any(self._close(f, t.reshape(n, -1)) for t in outputs if t.numel() == logits.numel()
                    for f in forms)
 
-    def _fc_weight(self, activations: torch.Tensor) -> torch.Tensor:
-        """The verified classifier's weight ``(classes, C)`` for one captured activation ``(N, C, *S)``."""
+    def _fc_weight(self, activations: torch.Tensor, state: dict) -> torch.Tensor:
+        """The verified classifier's weight ``(classes, C)`` for one captured activation ``(N, C, *S)``; ``state``
+        holds what :meth:`_forward_context` recorded on the explained forward.
+        """
         from ..layers import module_name
 
         n, channels = activations.shape[:2]
         mean = activations.flatten(2).mean(2)
-        seen = self._seen or {}
+        seen = state.get("cam_seen") or {}
         size = {m: (m.in_features if isinstance(m, nn.Linear) else m.in_channels) for m in seen}
         ran = [m for m in seen if size[m] == channels]
         label = ", ".join(f"{module_name(self.model, m)!r} ({type(m).__name__} {size[m]}->"
@@ -179,9 +205,9 @@ class CAM(BaseCAM):
         fed = []
         for m in ran:
             inp, out = seen[m]
-            if inp.numel() == mean.numel() and self._close(inp.reshape(n, channels).to(mean.dtype), mean):
+            if inp.numel() == mean.numel() and self._close(inp.reshape(n, channels), mean):
                 fed.append((m, out, False))
-            elif inp.shape == activations.shape and self._close(inp.to(activations.dtype), activations):
+            elif inp.shape == activations.shape and self._close(inp, activations):
                 fed.append((m, out, True))  # kernel-1 conv applied to the map, pooled afterwards
         if not fed:
             raise LayerError(
@@ -196,7 +222,9 @@ class CAM(BaseCAM):
         if self._fc is not None:
             m = fed[0][0]
         else:
-            final = [(m, out, pooled) for m, out, pooled in fed if self._is_model_output(out, n, pooled=pooled)]
+            outputs = state.get("cam_outputs") or []
+            final = [(m, out, pooled) for m, out, pooled in fed
+                     if self._is_model_output(out, n, outputs, pooled=pooled)]
             if not final:
                 m = fed[0][0]
                 raise LayerError(
@@ -211,13 +239,6 @@ class CAM(BaseCAM):
         assert isinstance(w, torch.Tensor)
         return w if isinstance(m, nn.Linear) else w.reshape(w.shape[0], channels)
 
-    def weights(self, activations, gradients, classes):
-        w = self._fc_weight(activations).detach().to(activations.dtype)
-        if classes is None:
-            raise InputError("CAM needs class indices")
-        if w.shape[0] > 1 and int(classes.max()) >= w.shape[0]:
-            raise InputError(f"CAM: class {int(classes.max())} out of range for a classifier with {w.shape[0]} classes")
-        return cam_weights(w, classes)
 
 
 @register("eigencam", "eigen-cam")

@@ -255,16 +255,14 @@ class BaseCAM:
     unsupported: ClassVar[Mapping[str, str]] = types.MappingProxyType({})
     #: whether the method runs perturbed forward passes (Score-CAM, Ablation-CAM): the CLI shows progress for these
     perturbative: ClassVar[bool] = False
-    #: set for subclasses whose ``_run`` override still has the earlier signature
-    #: ``(x, targets, score_fn, class_idx, upsample, normalize)`` (and calls ``super()._run`` with it)
-    _legacy_run: ClassVar[bool] = False
-    #: the context of the running call while a legacy ``_run`` override runs (safe: the model's lock is held)
-    _legacy_ctx: CallContext | None = None
-
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        if "_run" in cls.__dict__:
-            cls._legacy_run = len(inspect.signature(cls.__dict__["_run"]).parameters) == 7
+        if "_run" in cls.__dict__ and len(inspect.signature(cls.__dict__["_run"]).parameters) != 2:
+            raise TypeError(
+                f"{cls.__name__}._run must take (self, ctx): the per-call CallContext; the earlier signature "
+                f"(self, x, targets, score_fn, class_idx, upsample, normalize) is no longer supported -- use "
+                f"_forward_context(ctx) for hooks and ctx.state for what they record"
+            )
         if "_layer_maps" in cls.__dict__ and len(inspect.signature(cls.__dict__["_layer_maps"]).parameters) != 2:
             raise TypeError(
                 f"{cls.__name__}._layer_maps must take (self, ctx): the per-call CallContext (ctx.cap, ctx.x, "
@@ -481,25 +479,11 @@ class BaseCAM:
         return contextlib.nullcontext()
 
     def _run_call(self, ctx: CallContext) -> Explanation:
-        """One captured forward and its maps: :meth:`_run`, or a legacy ``_run`` override with the earlier arguments."""
-        if not self._legacy_run:
-            return self._run(ctx)
-        outer, self._legacy_ctx = self._legacy_ctx, ctx
-        try:
-            return self._run(ctx.x, ctx.targets.spec, ctx.score_fn, ctx.class_idx, ctx.upsample,  # type: ignore[call-arg,arg-type]
-                             ctx.normalize)
-        finally:
-            self._legacy_ctx = outer
+        """One captured forward and its maps (:meth:`_run`; methods that wrap it override that)."""
+        return self._run(ctx)
 
-    def _run(self, ctx: CallContext, *legacy: Any) -> Explanation:
-        """Capture, score, per-layer maps, fusion. (``legacy``: the earlier signature's remaining arguments, when a
-        subclass override calls ``super()._run(x, targets, score_fn, class_idx, upsample, normalize)``.)
-        """
-        if not isinstance(ctx, CallContext):
-            if self._legacy_ctx is None:
-                raise TypeError("BaseCAM._run takes a CallContext")
-            upsample, normalize = legacy[3], legacy[4]
-            ctx = replace(self._legacy_ctx, x=ctx, upsample=upsample, normalize=normalize)
+    def _run(self, ctx: CallContext) -> Explanation:
+        """Capture, score, per-layer maps, fusion."""
         x = ctx.x
         ctx.layers, ctx.reshape = self._layers_for(ctx)
         with self._forward_context(ctx), Capture(self.model, ctx.layers, ctx.rank, grads=self.uses_gradients,
