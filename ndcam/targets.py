@@ -46,6 +46,7 @@ import torch
 from ._errors import InputError, InputTypeError
 
 __all__ = [
+    "Detection",
     "TargetSpec",
     "ScoreFn",
     "ClassTarget",
@@ -418,3 +419,14 @@ def as_score_fn(targets: TargetSpec, n: int, device: torch.device) -> tuple[Scor
     """
     t = resolve_targets(targets, n, device)
     return t.score_fn, t.classes, t.multi
+
+
+from .detection import DetectionTarget as Detection  # noqa: E402 -- detection imports nothing of targets
+
+
+def __getattr__(name: str):  # ReST lives with ShapleyCAM (methods import this module: no import cycle here)
+    if name == "ReST":
+        from .methods.shapley import ReST
+
+        return ReST
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

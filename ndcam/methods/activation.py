@@ -245,6 +245,8 @@ class CAM(BaseCAM):
 class EigenCAM(BaseCAM):
     """Eigen-CAM: first principal component of the activations (class-agnostic, no gradients; see
     :func:`eigencam_map`).
+
+    Muhammad & Yeasin, "Eigen-CAM", IJCNN 2020, https://arxiv.org/abs/2008.00299.
     """
 
     uses_gradients = False
@@ -258,7 +260,10 @@ class EigenCAM(BaseCAM):
 
 @register("eigengradcam", "eigen-grad-cam")
 class EigenGradCAM(BaseCAM):
-    """Eigen-Grad-CAM: first principal component of gradient x activation (see :func:`eigengradcam_map`)."""
+    """Eigen-Grad-CAM: first principal component of gradient x activation (see :func:`eigengradcam_map`).
+
+    The class-discriminative variant of Eigen-CAM (Muhammad & Yeasin 2020, https://arxiv.org/abs/2008.00299).
+    """
 
     def layer_map(self, activations, gradients, classes):
         return eigengradcam_map(activations, gradients)

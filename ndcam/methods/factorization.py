@@ -178,6 +178,8 @@ class KPCACAM(BaseCAM):
         gamma: kernel coefficient (default ``1 / channels``, as scikit-learn).
         degree, coef0: for the polynomial and sigmoid kernels.
         max_positions: refuse layers with more spatial positions than this (the kernel matrix is positions^2).
+
+    Karmani et al., "KPCA-CAM", 2024, https://arxiv.org/abs/2410.00267.
     """
 
     uses_gradients = False

@@ -61,6 +61,9 @@ class FEM(BaseCAM):
         layers: target layer(s) (default: automatic).
         k: the k of the k-sigma rule (default 2).
         variant: ``"paper"`` (default) or ``"pytorch-grad-cam"`` (:func:`fem_map_pgc`).
+
+    Fuad et al., "Features Understanding in 3D CNNs for Actions Recognition in Video", IPTA 2020,
+    https://hal.science/hal-02963298.
     """
 
     uses_gradients = False

@@ -79,6 +79,8 @@ class FinerCAM(ClassScoreMixin, BaseCAM):
 
     A single-logit binary head :math:`z` is read as the two class logits :math:`(-z, z)` (ndcam's signed-logit
     convention for classes 0 and 1), so Finer-CAM compares the two sides.
+
+    Zhang et al., "Finer-CAM", 2025, https://arxiv.org/abs/2501.11309.
     """
 
     def __init__(self, model: nn.Module, layers=None, *, alpha: float = 1.0, n_similar: int | None = None,

@@ -83,6 +83,9 @@ class FullGrad(BaseCAM):
     BatchNorm of the input's rank that runs in the eval forward pass (found by a one-sample probe, so unused
     branches such as Inception's auxiliary head are left out); a list of layers restricts the bias-gradient terms to
     those.
+
+    Srinivas & Fleuret, "Full-Gradient Representation for Neural Network Visualization", NeurIPS 2019,
+    https://arxiv.org/abs/1905.00780.
     """
 
     input_gradient = True

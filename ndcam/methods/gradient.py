@@ -214,7 +214,11 @@ class HiResCAM(BaseCAM):
 
 @register("gradcamelementwise", "gradcam-elementwise")
 class GradCAMElementWise(BaseCAM):
-    """Element-wise Grad-CAM: ReLU of gradient x activation per channel, summed over channels."""
+    """Element-wise Grad-CAM: ReLU of gradient x activation per channel, summed over channels.
+
+    Grad-CAM (https://arxiv.org/abs/1610.02391) with HiResCAM's element-wise product
+    (https://arxiv.org/abs/2011.08891), as defined by pytorch-grad-cam.
+    """
 
     def layer_map(self, activations, gradients, classes):
         return elementwise_map(activations, gradients)

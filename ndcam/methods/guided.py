@@ -56,6 +56,8 @@ class GuidedBackprop(BaseCAM):
     """Guided Backpropagation: input gradient through guided ReLUs; map = sum over channels of its magnitude.
 
     ``layers`` is not used (the gradient is taken with respect to the input).
+
+    Springenberg et al., "Striving for Simplicity", ICLR-W 2015, https://arxiv.org/abs/1412.6806.
     """
 
     input_gradient = True
@@ -107,6 +109,8 @@ class GuidedGradCAM(BaseCAM):
     ``upsample=False`` is refused: the guided gradient is an input gradient, so the product exists only at the input's
     resolution. The product is formed in float64, so normalized maps stay finite for any float32 magnitudes; with
     ``normalize=False`` a raw product beyond float32's range (~3e38) is returned as inf.
+
+    Selvaraju et al., "Grad-CAM", ICCV 2017, https://arxiv.org/abs/1610.02391.
     """
 
     unsupported = MappingProxyType({

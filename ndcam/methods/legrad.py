@@ -97,6 +97,8 @@ class LeGrad(BaseCAM):
         grid: patch grid of the keys; builds ``reshape=AttentionGrid(grid, prefix)`` (omit it when passing
             ``reshape=`` yourself).
         prefix: leading non-patch keys (class token, registers) dropped with ``grid``.
+
+    Bousselham et al., "LeGrad", 2024, https://arxiv.org/abs/2404.03214.
     """
 
     def __init__(self, model: nn.Module, layers=None, *, grid: Sequence[int] | None = None, prefix: int = 0,

@@ -222,6 +222,8 @@ class ScoreCAM(_PerturbationCAM):
     Masks are upsampled with the rank's (multi)linear mode, ``align_corners=False`` (pytorch-grad-cam's 2D code uses
     ``align_corners=True``), and a channel whose activation is constant gets an all-zero mask (pytorch-grad-cam
     divides by zero there).
+
+    Wang et al., "Score-CAM", CVPR-W 2020, https://arxiv.org/abs/1910.01279.
     """
 
     def __init__(self, model: nn.Module, layers=None, *, batch_size: int = 64, top_k: int | None = None,
@@ -278,6 +280,8 @@ class AblationCAM(_PerturbationCAM):
         layers: target layer(s) (default: automatic).
         batch_size: ablated copies per forward pass.
         progress: progress bar on stderr (``None``: only for long runs).
+
+    Desai & Ramaswamy, "Ablation-CAM", WACV 2020, https://doi.org/10.1109/WACV45572.2020.9093360.
     """
 
     def perturbed_scores(self, ctx: CallContext, site: LayerSite) -> torch.Tensor:

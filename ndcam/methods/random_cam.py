@@ -61,6 +61,9 @@ class RandomCAM(SeededMixin, BaseCAM):
         layers: target layer(s) (default: automatic).
         seed: seed of the weights (default 0: the same weights on every call).
         generator: a :class:`torch.Generator` instead of ``seed`` (new weights on every call).
+
+    A baseline with no paper of its own (as in pytorch-grad-cam, https://github.com/jacobgil/pytorch-grad-cam):
+    a method must beat it.
     """
 
     uses_gradients = False

@@ -98,6 +98,8 @@ class ShapleyCAM(ClassScoreMixin, BaseCAM):
         layers: target layer(s) (default: automatic).
         target: ``"rest"`` (default, the paper's choice) or ``"logit"``: the score class targets are explained
             through. Callable targets are used as given.
+
+    Cai et al., "CAMs as Shapley Value-based Explainers", 2025, https://arxiv.org/abs/2501.06261.
     """
 
     def __init__(self, model: nn.Module, layers=None, *, target: str = "rest", **options) -> None:

@@ -140,6 +140,8 @@ class SSCAM(_MaskPathCAM):
         batch_size: masked inputs per forward pass.
         progress: progress bar on stderr (``None``: only for long runs).
         seed, generator: the noise (see :mod:`ndcam.methods._seeding`).
+
+    Wang et al., "SS-CAM: Smoothed Score-CAM", 2020, https://arxiv.org/abs/2006.14255.
     """
 
     def __init__(self, model: nn.Module, layers=None, *, n_samples: int = 35, sigma: float = 2.0, **options) -> None:
@@ -164,6 +166,8 @@ class ISCAM(_MaskPathCAM):
         path: ``"linear"`` (default: scales ``i/n``) or ``"cumulative"`` (torch-cam's scales).
         batch_size: masked inputs per forward pass.
         progress: progress bar on stderr (``None``: only for long runs).
+
+    Naidu et al., "IS-CAM: Integrated Score-CAM", 2020, https://arxiv.org/abs/2010.03023.
     """
 
     def __init__(self, model: nn.Module, layers=None, *, n_samples: int = 10, path: str = "linear",
@@ -189,6 +193,8 @@ class SmoothGradCAMpp(SeededMixin, BaseCAM):
             SmoothGrad's 10-20 %); with ``relative=False`` in the input's units (torch-cam: 0.3).
         relative: see ``sigma``.
         seed, generator: the noise (see :mod:`ndcam.methods._seeding`).
+
+    Omeiza et al., "Smooth Grad-CAM++", 2019, https://arxiv.org/abs/1908.01224.
     """
 
     def __init__(self, model: nn.Module, layers=None, *, n_samples: int = 4, sigma: float = 0.15,
