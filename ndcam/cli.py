@@ -35,16 +35,9 @@ RANK_NAMES = {1: "1D ECG-like beat trains (abnormal beat)", 2: "2D scenes (ring 
               3: "3D volumes (blob among hollow cubes)"}
 
 
-def pointing_game(maps: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    """Hit when a map's maximum falls inside the ground-truth mask: ``(N,)`` bool."""
-    flat = maps.reshape(maps.shape[0], -1)
-    peak = flat.argmax(1)
-    return masks.reshape(masks.shape[0], -1).gather(1, peak[:, None])[:, 0]
-
-
 def demo(out: Path, quick: bool = False, log=print) -> dict:
     """Run the demo into ``out``; returns the scores table ``{rank: {method: pointing game}}``."""
-    from . import data, explain, viz
+    from . import data, explain, metrics, viz
     from .report import png_bytes
 
     t0 = time.time()
@@ -65,7 +58,7 @@ def demo(out: Path, quick: bool = False, log=print) -> dict:
         for m in DEMO_METHODS:
             exp = explain(model, xt, method=m, targets=1)
             maps[m] = exp.maps
-            results[rank][m] = float(pointing_game(exp.maps, mt).float().mean())
+            results[rank][m] = float(metrics.pointing_game(exp.maps, mt).float().mean())
         grid = png_bytes(viz.plot_grid(xt, maps, index=0, fs=360.0 if rank == 1 else None))
         exp = explain(model, xt, method="gradcam", targets=1)
         view = png_bytes(exp.plot(xt, index=0, **({"fs": 360.0} if rank == 1 else {})))

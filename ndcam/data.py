@@ -24,7 +24,8 @@ import torch
 from torch import nn
 
 from ._errors import InputError
-from .models import ADAPTIVE_AVGPOOL, MAXPOOL, bn, conv
+from .models import bn, conv
+from .ranks import ADAPTIVE_AVGPOOL, MAXPOOL
 
 __all__ = ["ecg_task", "scene_task", "volume_task", "task", "TinyNet", "train_tiny", "random_maps", "random_removal"]
 
@@ -147,7 +148,9 @@ def volume_task(n: int = 192, size: int = 20, seed: int = 0):
 
 def task(rank: int, n: int | None = None, seed: int = 0):
     """The synthetic task of ``rank`` (1, 2 or 3)."""
-    fn = {1: ecg_task, 2: scene_task, 3: volume_task}[rank]
+    if rank not in (1, 2, 3):
+        raise InputError(f"synthetic tasks exist for ranks 1, 2 and 3, not {rank}")
+    fn = ecg_task if rank == 1 else scene_task if rank == 2 else volume_task
     return fn(seed=seed) if n is None else fn(n=n, seed=seed)
 
 

@@ -36,8 +36,8 @@ import torch
 from torch import nn
 
 from ._errors import ForwardError, InputError, InputTypeError, LayerError, forward_failed
-from .capture import model_lock
-from .models import CONV
+from .capture import ModelState, model_lock
+from .ranks import CONV
 
 __all__ = [
     "LayerInfo", "LayerSpec", "TokenGrid", "resolve_layers", "auto_layer", "auto_choice", "list_layers", "module_name",
@@ -368,8 +368,8 @@ def _reaching(model: nn.Module, x: torch.Tensor, candidates: list[_Choice]) -> _
     handles = [model.get_submodule(c.name).register_forward_hook(
         lambda m, i, o, name=c.name: store.setdefault(name, o) if isinstance(o, torch.Tensor) else None)
         for c in tokens]
-    was_training = {m: m.training for m in model.modules()}
-    model.eval()
+    state = ModelState.save(model)
+    state.eval()
     try:
         with torch.enable_grad():
             xs = x[:1].detach().clone().requires_grad_(True)
@@ -384,8 +384,7 @@ def _reaching(model: nn.Module, x: torch.Tensor, candidates: list[_Choice]) -> _
     finally:
         for h in handles:
             h.remove()
-        for m, flag in was_training.items():
-            m.training = flag
+        state.restore()
     for c, g in zip(have, grads):
         if g is not None and bool(g[:, c.prefix:].abs().amax() > 0):
             return c
@@ -436,8 +435,8 @@ def _probe(model: nn.Module, x: torch.Tensor) -> list[_Record]:
 
 
 def _probe_locked(model: nn.Module, x: torch.Tensor) -> list[_Record]:
-    was_training = {m: m.training for m in model.modules()}
-    model.eval()
+    state = ModelState.save(model)
+    state.eval()
     try:
         try:
             return _trace(model, x[:1])
@@ -446,8 +445,7 @@ def _probe_locked(model: nn.Module, x: torch.Tensor) -> list[_Record]:
                 raise
             return _trace(model, x)  # models with a fixed batch size (e.g. torch.export archives)
     finally:
-        for m, flag in was_training.items():
-            m.training = flag
+        state.restore()
 
 
 def _auto(model: nn.Module, x: torch.Tensor) -> _Choice:

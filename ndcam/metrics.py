@@ -358,10 +358,10 @@ def spearman(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Spearman rank correlation per row of ``(N, ...)`` tensors (average ranks for ties), ``(N,)``."""
     from scipy.stats import rankdata
 
-    a = a.reshape(a.shape[0], -1).detach().cpu().double().numpy()
-    b = b.reshape(b.shape[0], -1).detach().cpu().double().numpy()
+    a_np = a.reshape(a.shape[0], -1).detach().cpu().double().numpy()
+    b_np = b.reshape(b.shape[0], -1).detach().cpu().double().numpy()
     out = []
-    for u, v in zip(a, b):
+    for u, v in zip(a_np, b_np):
         ru, rv = rankdata(u), rankdata(v)
         ru, rv = ru - ru.mean(), rv - rv.mean()
         den = np.sqrt((ru**2).sum() * (rv**2).sum())
@@ -415,8 +415,9 @@ def randomization_sanity(method_cls: type | str, model: nn.Module, x: torch.Tens
         module = work.get_submodule(name)
         with torch.no_grad(), torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
-            if hasattr(module, "reset_parameters"):
-                module.reset_parameters()  # the layer's own initialization, as in Adebayo et al.
+            reset = getattr(module, "reset_parameters", None)
+            if callable(reset):
+                reset()  # the layer's own initialization, as in Adebayo et al.
                 if isinstance(module, nn.modules.batchnorm._BatchNorm):  # BatchNorm init is the identity:
                     for p in module.parameters(recurse=False):  # randomize its affine part too
                         p.normal_(0.0, 1.0)

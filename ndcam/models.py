@@ -8,18 +8,13 @@ from __future__ import annotations
 
 from torch import nn
 
+from .ranks import ADAPTIVE_AVGPOOL, BATCHNORM, CONV, MAXPOOL
+
 __all__ = [
     "CONV", "BATCHNORM", "MAXPOOL", "ADAPTIVE_AVGPOOL",
     "conv", "bn", "BasicBlock", "Bottleneck", "ResNet", "resnet50_like", "resnet18_3d", "ecg_net", "volume_net",
     "vgg_like", "VGG",
 ]
-
-
-#: torch's layer classes by spatial rank (torch has none beyond rank 3)
-CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
-BATCHNORM = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
-MAXPOOL = {1: nn.MaxPool1d, 2: nn.MaxPool2d, 3: nn.MaxPool3d}
-ADAPTIVE_AVGPOOL = {1: nn.AdaptiveAvgPool1d, 2: nn.AdaptiveAvgPool2d, 3: nn.AdaptiveAvgPool3d}
 
 
 def conv(rank: int) -> type[nn.Module]:
@@ -102,7 +97,7 @@ class ResNet(nn.Module):
             blocks = []
             for j in range(n):
                 blocks.append(block(rank, c, base * 2**i, stride=2 if (j == 0 and i > 0) else 1))
-                c = base * 2**i * block.expansion
+                c = base * 2**i * int(getattr(block, "expansion", 1))
             stages.append(nn.Sequential(*blocks))
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
         self.avgpool = _pool(rank)

@@ -80,12 +80,7 @@ def _apply(t: torch.Tensor, op, lead: int, inverse: bool) -> torch.Tensor:
 def smooth(run, x: torch.Tensor, augment: Augmentations, k_axis: bool) -> torch.Tensor:
     """Mean of ``inverse(run(transform(x)))`` over the variants; ``run`` returns raw maps at x's resolution."""
     augment.validate(x.ndim - 2)
-    total = None
-    count = 0
     lead = 2 if k_axis else 1
-    for op, scale in augment.variants():
-        xt = _apply(x, op, 2, inverse=False) * scale
-        m = _apply(run(xt), op, lead, inverse=True)
-        total = m if total is None else total + m
-        count += 1
-    return total / count
+    maps = [_apply(run(_apply(x, op, 2, inverse=False) * scale), op, lead, inverse=True)
+            for op, scale in augment.variants()]
+    return torch.stack(maps).mean(0)

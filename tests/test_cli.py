@@ -71,6 +71,14 @@ def test_quickstart_example_runs(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gradcam_1d.png", "gradcam_2d.png", "gradcam_3d.png"]
 
 
+@pytest.mark.slow
+def test_package_type_checks():
+    """The package ships ``py.typed``: its annotations must hold (mypy, configured in pyproject.toml)."""
+    pytest.importorskip("mypy")
+    res = subprocess.run([sys.executable, "-m", "mypy", "ndcam"], capture_output=True, text=True, cwd=ROOT)
+    assert res.returncode == 0, res.stdout[-3000:]
+
+
 def test_ruff_clean():
     ruff = shutil.which("ruff") or (str(Path(sys.executable).parent / "ruff"))
     if not Path(ruff).exists():

@@ -26,7 +26,7 @@ from torch import nn
 from .. import ops
 from .._errors import LayerError, NdcamError, forward_failed
 from ..capture import ModelState
-from ..models import BATCHNORM, CONV
+from ..ranks import BATCHNORM, CONV
 from .base import BaseCAM, register
 
 __all__ = ["fullgrad_postprocess", "effective_bias", "FullGrad"]
