@@ -18,7 +18,7 @@ from ndcam import ops
 from ndcam.methods import gradient
 
 from . import reference as R
-from .conftest import CONV, GapNet, make_input, make_net
+from .conftest import CONV, SHAPES, GapNet, make_input, make_net
 
 METHODS = sorted(set(ndcam.methods()))
 
@@ -304,3 +304,15 @@ def test_full_backward_methods_accept_inference_mode_inputs(method, rank):
     torch.testing.assert_close(_explain(model, x, method).maps, expected)
     with torch.inference_mode():
         torch.testing.assert_close(_explain(model, x, method).maps, expected)
+
+
+def test_gradcampp_blocks_of_channels_give_the_whole_tensors_weights(rank, monkeypatch):
+    """Grad-CAM++'s float64 temporaries are made for blocks of channels: any block size gives the same weights."""
+    from ndcam.methods import gradient
+
+    g = torch.Generator().manual_seed(3)
+    shape = (2, 7) + tuple(SHAPES[rank])
+    a, grad = torch.rand(shape, generator=g), torch.randn(shape, generator=g) * 1e-3
+    whole = gradient.gradcampp_weights(a, grad)
+    monkeypatch.setattr(gradient, "GRADCAMPP_BLOCK", 1)  # one channel per block
+    torch.testing.assert_close(gradient.gradcampp_weights(a, grad), whole, rtol=0, atol=0)

@@ -43,6 +43,8 @@ __all__ = [
 GRADCAMPP_EPS = 1e-6
 #: LayerCAM's scale of shallow-layer maps in the hierarchical fusion (the paper's gamma)
 LAYERCAM_GAMMA = 2.0
+#: float64 elements per block of channels in :func:`gradcampp_weights` (8 MiB per temporary)
+GRADCAMPP_BLOCK = 2**20
 #: epsilon in XGrad-CAM's normalization by the activation sum (as in pytorch-grad-cam)
 XGRADCAM_EPS = 1e-7
 
@@ -78,19 +80,27 @@ def gradcampp_weights(
     which has no cube to overflow or underflow: evaluated in float64 it equals eq. 19 (to float64 rounding) for
     gradients anywhere in float32's range, where the direct float32 formula returns zeros (:math:`G^3` overflows
     above ~1e13, underflows below ~1e-15). The weights are returned in float64 (for tiny gradients they lie below
-    float32's range); ``inplace`` is kept for compatibility and ignored (the float64 copy is the only temporary).
+    float32's range); ``inplace`` is kept for compatibility and ignored. The float64 temporaries are made for blocks of
+    channels of at most ``GRADCAMPP_BLOCK`` elements, so the extra memory stays a few MiB whatever the layer's size.
     """
-    n, extra = activations.shape[0], (1,) * (activations.ndim - 2)
-    sum_a = activations.reshape(*activations.shape[:2], -1).sum(2, dtype=torch.float64)  # (N, C), no float64 copy
-    g = gradients.to(torch.float64, copy=True).relu_()  # the only gradient-sized float64 copy ...
-    m = g.reshape(n, -1).amax(1)  # the sample's largest positive gradient
-    m = torch.where(m > 0, m, torch.ones_like(m))  # no positive gradient: all terms are 0 whatever m
-    g.div_(m.reshape(n, 1, *extra))
-    sm = (sum_a * m[:, None]).reshape(sum_a.shape + extra)
-    den = g.square().reciprocal_().mul_((eps / m.square()).reshape(n, 1, *extra))  # ... and one temporary
-    den.addcmul_(sm.expand_as(g), g).add_(2.0)  # inf where g = 0 -> term 0 (0 / inf)
-    terms = g.div_(den).nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
-    return ops.spatial_sum(terms) * m[:, None]
+    n, c = activations.shape[:2]
+    sum_a = activations.reshape(n, c, -1).sum(2, dtype=torch.float64)  # (N, C), no float64 copy
+    grads = gradients.reshape(n, c, -1)
+    m = grads.amax(dim=(1, 2)).to(torch.float64)  # the sample's largest gradient; <= 0: no positive gradient,
+    m = torch.where(m > 0, m, torch.ones_like(m))  # every term is 0 whatever m
+    scale = (eps / m.square())[:, None, None]
+    weights = torch.empty(n, c, dtype=torch.float64, device=gradients.device)
+    # float64 temporaries for a block of channels at a time (at most GRADCAMPP_BLOCK elements): the same arithmetic
+    # per channel as on the whole tensor, without two gradient-sized float64 copies
+    step = max(1, GRADCAMPP_BLOCK // max(1, n * grads.shape[2]))
+    for c0 in range(0, c, step):
+        c1 = min(c, c0 + step)
+        g = grads[:, c0:c1].to(torch.float64, copy=True).relu_().div_(m[:, None, None])
+        sm = (sum_a[:, c0:c1] * m[:, None])[..., None]
+        den = g.square().reciprocal_().mul_(scale)
+        den.addcmul_(sm.expand_as(g), g).add_(2.0)  # inf where g = 0 -> term 0 (0 / inf)
+        weights[:, c0:c1] = g.div_(den).nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0).sum(2)
+    return weights * m[:, None]
 
 
 def xgradcam_weights(activations: torch.Tensor, gradients: torch.Tensor, eps: float = XGRADCAM_EPS) -> torch.Tensor:
