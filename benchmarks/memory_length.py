@@ -36,8 +36,9 @@ import ndcam  # noqa: E402
 from ndcam.models import ResNet  # noqa: E402
 
 LENGTHS = (5_000, 20_000, 100_000, 500_000)
-#: methods that run one forward per channel: above this length they use top_k (Score-CAM) or are skipped
-PERTURBATION = ("scorecam", "ablationcam")
+#: methods that run one forward per channel (declared ``perturbative``): above ``--slow-max`` Score-CAM uses top_k,
+#: the others are skipped
+PERTURBATION = tuple(m for m in ndcam.methods() if ndcam.get_method(m).perturbative)
 
 
 def build(length: int):
@@ -95,7 +96,7 @@ def main(argv=None) -> int:
         for length in lengths:
             top_k = None
             if m in PERTURBATION and length > args.slow_max:
-                if m == "ablationcam":
+                if m != "scorecam":
                     rows[m][length] = "skipped"
                     continue
                 top_k = 8
