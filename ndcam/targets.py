@@ -379,8 +379,9 @@ class Targets:
         return self.classes if self.classes.ndim == 2 else self.classes[:, None]
 
     def fixed(self, classes: torch.Tensor) -> Targets:
-        """The same targets with the classes fixed (the top-1 classes of an unperturbed output)."""
-        return Targets(self.spec, ClassTarget(classes), classes, classes.ndim == 2)
+        """Targets fixed to ``classes`` (the top-1 classes of an unperturbed output): from now on they are these
+        classes, no longer "the top-1 class" of whatever output comes next (an augmented or perturbed one)."""
+        return Targets(classes, ClassTarget(classes), classes, classes.ndim == 2)
 
     def take(self, start: int, stop: int) -> Targets:
         """The targets of samples ``start:stop`` (callables are shared: they receive the smaller outputs)."""

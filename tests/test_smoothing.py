@@ -90,3 +90,25 @@ def test_eigen_smooth_other_families_run_and_differ(method, rank):
     smooth = ndcam.get_method(method)(model, "feat", eigen_smooth=True)(x, 1)
     assert smooth.shape == plain.shape and torch.isfinite(smooth).all()
     assert not torch.allclose(plain, smooth)
+
+
+def test_aug_smooth_explains_the_original_inputs_top1_class_in_every_view():
+    """targets=None: the classes are fixed on the unaugmented input; an augmented view whose own top-1 class differs
+    is still explained for the original class (CAM reads its class rows from the resolved classes)."""
+    aug = ndcam.Augmentations(scales=(1.0, 0.05, 8.0))
+    found = False
+    for seed in range(20):
+        torch.manual_seed(seed)
+        net = torch.nn.Sequential(torch.nn.Conv1d(2, 8, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool1d(1),
+                                  torch.nn.Flatten(), torch.nn.Linear(8, 5)).double().eval()
+        with torch.no_grad():
+            net[4].bias.mul_(20)  # biases dominate small inputs: the top-1 class changes with the input's scale
+        x = torch.randn(3, 2, 32, dtype=torch.float64)
+        with torch.no_grad():
+            tops = [net(x * s).argmax(1) for s in aug.scales]
+        if any(bool((t != tops[0]).any()) for t in tops[1:]):
+            found = True
+            got = ndcam.CAM(net, "1", aug_smooth=aug)(x)
+            want = ndcam.CAM(net, "1", aug_smooth=aug)(x, tops[0])
+            torch.testing.assert_close(got, want)
+    assert found, "no seed changed the top-1 class under augmentation: the test would prove nothing"
