@@ -190,8 +190,13 @@ class ModelInputs:
             sig.append((tuple(t.shape), t.dtype, t.device))
             return t
 
+        def plain(v: Any) -> Any:  # other values: scalars and strings by value (they can change the forward's path)
+            return v if isinstance(v, (bool, int, float, str, type(None))) else type(v).__name__
+
         tree_map(note, (self.args, self.kwargs))
-        return (len(self.args), tuple(sorted(self.kwargs)), tuple(sig))
+        others = tuple(plain(v) for v in self.args if not isinstance(v, torch.Tensor))
+        others += tuple((k, plain(v)) for k, v in sorted(self.kwargs.items()) if not isinstance(v, torch.Tensor))
+        return (len(self.args), tuple(sorted(self.kwargs)), tuple(sig), others)
 
     def call(self, model: Callable, x: torch.Tensor) -> Any:
         return model(x, *self.args, **self.kwargs)

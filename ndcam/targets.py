@@ -380,7 +380,8 @@ class Targets:
 
     def fixed(self, classes: torch.Tensor) -> Targets:
         """Targets fixed to ``classes`` (the top-1 classes of an unperturbed output): from now on they are these
-        classes, no longer "the top-1 class" of whatever output comes next (an augmented or perturbed one)."""
+        classes, no longer "the top-1 class" of whatever output comes next (an augmented or perturbed one).
+        """
         return Targets(classes, ClassTarget(classes), classes, classes.ndim == 2)
 
     def take(self, start: int, stop: int) -> Targets:

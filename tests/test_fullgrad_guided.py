@@ -96,3 +96,16 @@ def test_no_hooks_left_and_inplace_relus_work(method, rank):
     with pytest.raises(ValueError):
         ndcam.explain(model, x, method, targets=[1])
     assert_same(before, snapshot(model))
+
+
+def test_fullgrad_probes_which_layers_run_once_per_model_and_shape(rank):
+    """The bias layers that run are found by one probe per model and input shape, not by an extra forward per call."""
+    model, x = make_net(rank), make_input(rank)
+    calls: list[int] = []
+    model.register_forward_pre_hook(lambda m, a: calls.append(1))
+    cam = ndcam.FullGrad(model)
+    first = cam(x, [0, 1, 2])
+    n_first = len(calls)
+    again = cam(x, [0, 1, 2])
+    assert len(calls) - n_first == 1, "a second call ran more than its one captured forward"
+    torch.testing.assert_close(again, first)

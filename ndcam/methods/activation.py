@@ -96,27 +96,23 @@ class CAM(BaseCAM):
 
     @contextlib.contextmanager
     def _forward_context(self, ctx) -> Iterator[None]:
-        """Record every candidate classifier's input and output and the model's output on the explained forward
-        (into ``ctx.state``: the check reads them in :meth:`_layer_maps`).
+        """Record the input and output of the candidate classifiers on the explained forward (into ``ctx.state``;
+        the check in :meth:`_layer_maps` reads them with ``ctx.output``). Only a candidate whose input has a captured
+        layer's channel count is kept, so no other module's tensors stay alive.
         """
         seen: dict[nn.Module, tuple[torch.Tensor, torch.Tensor]] = {}
-        outputs: list[torch.Tensor] = []
-        ctx.state["cam_seen"], ctx.state["cam_outputs"] = seen, outputs
-
-        def start(module: nn.Module, inputs: tuple) -> None:  # each forward of the model (a probe, then the call)
-            seen.clear()
-            outputs.clear()
+        ctx.state["cam_seen"] = seen
 
         def record(module: nn.Module, inputs: tuple, output: object) -> None:
-            if module not in seen and inputs and isinstance(inputs[0], torch.Tensor) and isinstance(output, torch.Tensor):
+            if module in seen or not inputs or not isinstance(inputs[0], torch.Tensor) \
+                    or not isinstance(output, torch.Tensor) or ctx.cap is None:
+                return
+            channels = {a.shape[1] for a in ctx.cap.activations}
+            if inputs[0].ndim >= 2 and inputs[0].shape[1] in channels:
                 seen[module] = (inputs[0].detach(), output.detach())
-
-        def record_output(module: nn.Module, inputs: tuple, output: object) -> None:
-            outputs.extend(CAM._tensors(output))
 
         candidates = [self._fc] if self._fc is not None else [m for m in self.model.modules() if self._is_classifier(m)]
         handles = [m.register_forward_hook(record) for m in candidates]
-        handles += [self.model.register_forward_pre_hook(start), self.model.register_forward_hook(record_output)]
         try:
             yield
         finally:
@@ -131,7 +127,7 @@ class CAM(BaseCAM):
         out = []
         for a in cap.activations:
             a = ops.wide(a)
-            w = self._fc_weight(a, ctx.state).detach().to(a.dtype)
+            w = self._fc_weight(a, ctx.state.get("cam_seen") or {}, ctx.output).detach().to(a.dtype)
             maps = []
             for k in range(sc.shape[1]):
                 classes = class_idx[:, k] if class_idx.ndim == 2 else class_idx
@@ -145,19 +141,6 @@ class CAM(BaseCAM):
                     maps.append(ops.weighted_sum(wk, a))
             out.append(torch.stack(maps, dim=1))
         return out
-
-    @staticmethod
-    def _tensors(out: object) -> list[torch.Tensor]:
-        """Every tensor in a model output (tensor, dict, tuple/list, dataclass), detached."""
-        if isinstance(out, torch.Tensor):
-            return [out.detach()]
-        if isinstance(out, dict):
-            return [t for v in out.values() for t in CAM._tensors(v)]
-        if isinstance(out, (list, tuple)):
-            return [t for v in out for t in CAM._tensors(v)]
-        if hasattr(out, "__dataclass_fields__"):
-            return [t for k in out.__dataclass_fields__ for t in CAM._tensors(getattr(out, k))]
-        return []
 
     @staticmethod
     def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -181,15 +164,15 @@ class CAM(BaseCAM):
         return any(self._close(f, t.reshape(n, -1)) for t in outputs if t.numel() == logits.numel()
                    for f in forms)
 
-    def _fc_weight(self, activations: torch.Tensor, state: dict) -> torch.Tensor:
-        """The verified classifier's weight ``(classes, C)`` for one captured activation ``(N, C, *S)``; ``state``
-        holds what :meth:`_forward_context` recorded on the explained forward.
+    def _fc_weight(self, activations: torch.Tensor, seen: dict, output: object) -> torch.Tensor:
+        """The verified classifier's weight ``(classes, C)`` for one captured activation ``(N, C, *S)``; ``seen``
+        holds the candidates :meth:`_forward_context` recorded on the explained forward, ``output`` its output.
         """
+        from ..capture import tree_map
         from ..layers import module_name
 
         n, channels = activations.shape[:2]
         mean = activations.flatten(2).mean(2)
-        seen = state.get("cam_seen") or {}
         size = {m: (m.in_features if isinstance(m, nn.Linear) else m.in_channels) for m in seen}
         ran = [m for m in seen if size[m] == channels]
         label = ", ".join(f"{module_name(self.model, m)!r} ({type(m).__name__} {size[m]}->"
@@ -222,7 +205,13 @@ class CAM(BaseCAM):
         if self._fc is not None:
             m = fed[0][0]
         else:
-            outputs = state.get("cam_outputs") or []
+            outputs: list[torch.Tensor] = []
+
+            def collect(t: torch.Tensor) -> torch.Tensor:  # every tensor of the model's output
+                outputs.append(t.detach())
+                return t
+
+            tree_map(collect, output)
             final = [(m, out, pooled) for m, out, pooled in fed
                      if self._is_model_output(out, n, outputs, pooled=pooled)]
             if not final:

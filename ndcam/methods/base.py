@@ -522,8 +522,6 @@ class BaseCAM:
         """The call's target layers and reshape: the given ones, a method's own default, or the automatic choice."""
         if self._layers is not None:
             return self._layers, self.reshape
-        if type(self)._default_layers is not BaseCAM._default_layers:  # FullGrad, Guided Backprop
-            return self._default_layers(ctx.x), self.reshape
         if ctx.inputs:
             layers, reshape = _auto_with_inputs(self.model, ctx.x, ctx.inputs, self.reshape)
         else:

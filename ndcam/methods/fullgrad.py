@@ -17,6 +17,7 @@ definition; still no parameter ``.grad`` is written.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from types import MappingProxyType
 
@@ -77,6 +78,10 @@ def modules_that_ran(model: nn.Module, run: Callable[[], object], modules: list[
     return ran
 
 
+#: per model: (input shape, dtype, device, candidate count, extra inputs' signature) -> names of the bias layers that ran
+_RAN: weakref.WeakKeyDictionary[nn.Module, dict] = weakref.WeakKeyDictionary()
+
+
 @register("fullgrad")
 class FullGrad(BaseCAM):
     """FullGrad saliency (see the module docstring). ``layers=None`` uses every convolution with a bias and every
@@ -111,8 +116,13 @@ class FullGrad(BaseCAM):
             except Exception as err:  # noqa: BLE001 -- whatever the model raises, with context
                 raise forward_failed(self.model, x, err) from err
 
-        ran = modules_that_ran(self.model, run, [m for _, m in candidates])
-        layers = [(n, m) for n, m in candidates if m in ran]
+        key = (tuple(x.shape[1:]), x.dtype, x.device, len(candidates), ctx.inputs.signature())
+        cache = _RAN.setdefault(self.model, {})
+        if key not in cache:  # one probe per model and input signature, not one per call
+            ran = modules_that_ran(self.model, run, [m for _, m in candidates])
+            cache[key] = [n for n, m in candidates if m in ran]
+        names = set(cache[key])
+        layers = [(n, m) for n, m in candidates if n in names]
         if not layers:
             raise LayerError(
                 f"FullGrad found no convolution or BatchNorm with a bias of rank {rank} that runs in the model's "

@@ -23,6 +23,7 @@ from torch import nn
 
 from .. import ops
 from .._errors import InputTypeError
+from ..capture import model_lock
 from ..explanation import Explanation
 from .base import BaseCAM, range_and_normalize, register
 from .gradient import GradCAM
@@ -66,8 +67,8 @@ class GuidedBackprop(BaseCAM):
         "eigen_smooth": "its map is an input gradient, with no channel contributions of a layer to smooth",
     })
 
-    def _default_layers(self, x):
-        return []
+    def _layers_for(self, ctx):
+        return [], self.reshape  # no layer: the gradient is taken with respect to the input
 
     @contextlib.contextmanager
     def _forward_context(self, ctx):
@@ -122,10 +123,11 @@ class GuidedGradCAM(BaseCAM):
             raise InputTypeError(f"upsample and normalize must be True or False, got {upsample!r}, {normalize!r}")
         self._refuse(upsample=not upsample)
         common = dict(per_sample=self.per_sample, aug_smooth=self.aug_smooth)
-        guided = GuidedBackprop(self.model, **common).explain(x, targets, normalize=False, **call)
         layers = None if self._layers is None else [m for _, m in self._layers]
-        cam = GradCAM(self.model, layers, reshape=self.reshape, eigen_smooth=self.eigen_smooth, **common).explain(
-            x, targets, normalize=False, **call)
+        with model_lock(self.model):  # both passes as one call: no other thread's call runs in between
+            guided = GuidedBackprop(self.model, **common).explain(x, targets, normalize=False, **call)
+            cam = GradCAM(self.model, layers, reshape=self.reshape, eigen_smooth=self.eigen_smooth, **common).explain(
+                x, targets, normalize=False, **call)
         # the product in float64: two float32 factors cannot overflow or underflow there (~1e77 / 1e-90), so the
         # normalized map stays finite and exact for huge or tiny magnitudes (in float32 it became inf * 0 = NaN)
         raw = guided.maps.double() * cam.maps.double()

@@ -294,6 +294,11 @@ class AblationCAM(_PerturbationCAM):
             b = output.shape[0] // n
             rep = raw.repeat(b, *([1] * (raw.ndim - 1)))
             view = reshape(rep) if reshape is not None else rep
+            if view.untyped_storage().data_ptr() != rep.untyped_storage().data_ptr():
+                raise LayerError(
+                    "AblationCAM zeroes channels through reshape=, but this reshape returns a copy of the layer's "
+                    "output, so the zeroed channels would never reach the model; give a reshape that returns a view "
+                    "(ndcam.TokenGrid does), or use another method")
             c0 = state["c0"]
             for j in range(b):  # zero channel c0 + j in the j-th group of n copies (a view into `rep`)
                 view[j * n : (j + 1) * n, c0 + j] = 0
