@@ -103,3 +103,11 @@ def test_perturbation_classes_say_so():
     assert ndcam.ScoreCAM.perturbative and ndcam.AblationCAM.perturbative
     assert not ndcam.GradCAM.perturbative and not ndcam.FullGrad.perturbative
     assert {n for n in ndcam.methods() if ndcam.get_method(n).perturbative} == {"scorecam", "ablationcam", "sscam", "iscam"}
+
+
+def test_ablation_cam_refuses_a_reshape_that_copies(rank):
+    """Ablation-CAM zeroes channels through reshape=: a reshape returning a copy would zero nothing the model sees
+    (every weight 0, an all-zero map); it is refused with an error naming the cause."""
+    model, x = make_net(rank), make_input(rank)
+    with pytest.raises(ndcam.LayerError, match="returns a copy"):
+        ndcam.AblationCAM(model, "feat", reshape=lambda t: t.clone())(x, 1)
