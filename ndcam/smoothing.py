@@ -77,10 +77,15 @@ def _apply(t: torch.Tensor, op, lead: int, inverse: bool) -> torch.Tensor:
     return t.roll(-amount if inverse else amount, dims=lead + axis)
 
 
-def smooth(run, x: torch.Tensor, augment: Augmentations, k_axis: bool) -> torch.Tensor:
-    """Mean of ``inverse(run(transform(x)))`` over the variants; ``run`` returns raw maps at x's resolution."""
+def smooth(run, x: torch.Tensor, augment: Augmentations, k_axis: bool,
+           identity: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean of ``inverse(run(transform(x)))`` over the variants; ``run`` returns raw maps at x's resolution.
+
+    ``identity``: ``run(x)`` when the caller has it already (the untransformed variant is then not run again).
+    """
     augment.validate(x.ndim - 2)
     lead = 2 if k_axis else 1
-    maps = [_apply(run(_apply(x, op, 2, inverse=False) * scale), op, lead, inverse=True)
+    maps = [identity if (op is None and scale == 1.0 and identity is not None)
+            else _apply(run(_apply(x, op, 2, inverse=False) * scale), op, lead, inverse=True)
             for op, scale in augment.variants()]
     return torch.stack(maps).mean(0)

@@ -112,3 +112,13 @@ def test_aug_smooth_explains_the_original_inputs_top1_class_in_every_view():
             want = ndcam.CAM(net, "1", aug_smooth=aug)(x, tops[0])
             torch.testing.assert_close(got, want)
     assert found, "no seed changed the top-1 class under augmentation: the test would prove nothing"
+
+
+def test_aug_smooth_runs_each_variant_once(rank):
+    """The untransformed variant is the run that fixes the classes: one captured forward per variant, no more."""
+    model, x = make_net(rank), make_input(rank)
+    calls: list[int] = []
+    model.register_forward_pre_hook(lambda m, a: calls.append(1))
+    aug = Augmentations(flips=(rank - 1,), scales=(1.0, 1.1))  # 2 spatial variants x 2 scales = 4 variants
+    ndcam.GradCAM(model, "feat", aug_smooth=aug)(x)
+    assert len(calls) == len(aug.variants()) == 4

@@ -462,8 +462,9 @@ class BaseCAM:
         aug.validate(x.ndim - 2)
         first = self._run_call(replace(ctx, upsample=True, normalize=False))
         targets = ctx.targets if first.targets is None or not ctx.targets.top1 else ctx.targets.fixed(first.targets)
+        # the untransformed variant is `first` itself (same classes, same call seed): not run a second time
         raw = smooth(lambda xt: self._run_call(replace(ctx, x=xt, targets=targets, upsample=True, normalize=False)).maps,
-                     x, aug, k_axis=first.scores.ndim == 2)
+                     x, aug, k_axis=first.scores.ndim == 2, identity=first.maps)
         maps, lo, hi = range_and_normalize(raw, 2 if first.scores.ndim == 2 else 1, ctx.normalize)
         first.maps, first.raw_min, first.raw_max = maps.float(), lo.float(), hi.float()
         return first
