@@ -206,22 +206,22 @@ class ModelInputs:
 class ModelState:
     """What an explanation must leave as it found it: training flags, grad mode, inference mode.
 
-    ``batch_statistics`` says whether a module normalizes with the statistics of the batch even in eval mode
+    ``batch_statistics`` names the modules that normalize with the statistics of the batch even in eval mode
     (``BatchNorm`` with ``track_running_stats=False``), found on the same pass over the modules.
     """
 
     training: dict[nn.Module, bool] = field(default_factory=dict)
     grad_enabled: bool = True
-    batch_statistics: bool = False
+    batch_statistics: list[str] = field(default_factory=list)
 
     @classmethod
     def save(cls, model: nn.Module) -> ModelState:
         training = {}
-        batch_statistics = False
-        for m in model.modules():
+        batch_statistics = []
+        for name, m in model.named_modules():
             training[m] = m.training
             if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is None:
-                batch_statistics = True
+                batch_statistics.append(name or type(m).__name__)
         return cls(training, torch.is_grad_enabled(), batch_statistics)
 
     def eval(self) -> None:

@@ -181,12 +181,6 @@ def _bool(value: Any, name: str) -> bool:
     return value
 
 
-def _batch_statistics_modules(model: nn.Module) -> list[str]:
-    """Modules that normalize with the statistics of the batch even in eval mode (BatchNorm without running stats)."""
-    return [name or type(m).__name__ for name, m in model.named_modules()
-            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is None]
-
-
 class _Bound(nn.Module):
     """``model`` with its extra inputs bound, for the automatic layer choice's probe (which calls ``probe(x)``)."""
 
@@ -419,7 +413,7 @@ class BaseCAM:
                         exp = self._run_per_sample(ctx)
                     else:
                         if n > 1 and state.batch_statistics:
-                            _warn_batch_dependence(self.model)
+                            _warn_batch_dependence(self.model, state.batch_statistics)
                         exp = self._run_smoothed(ctx) if self.aug_smooth else self._run_call(ctx)
                 _check_result(exp, self)
                 return exp, ctx.saved
@@ -635,8 +629,7 @@ def _stacklevel() -> int:
     return level
 
 
-def _warn_batch_dependence(model: nn.Module) -> None:
-    mods = _batch_statistics_modules(model)
+def _warn_batch_dependence(model: nn.Module, mods: list[str]) -> None:
     if mods:
         shown = ", ".join(repr(m) for m in mods[:4]) + (f" and {len(mods) - 4} more" if len(mods) > 4 else "")
         warnings.warn(
