@@ -339,6 +339,19 @@ def _choose(records: list[_Record], rank: int) -> list[_Choice]:
 
 
 def _first_tensor(out: object) -> torch.Tensor | None:
+    """The output tensor the gradient probe sums: what class targets read (``targets.logits_of``), else -- for an
+    output that rule finds ambiguous -- the first floating tensor in it.
+    """
+    from .targets import logits_of
+
+    try:
+        logits = logits_of(out)
+        return logits if logits.is_floating_point() else None
+    except InputTypeError:
+        return _first_floating(out)
+
+
+def _first_floating(out: object) -> torch.Tensor | None:
     if isinstance(out, torch.Tensor):
         return out if out.is_floating_point() else None
     if isinstance(out, dict):
@@ -347,7 +360,7 @@ def _first_tensor(out: object) -> torch.Tensor | None:
         out = [getattr(out, k) for k in out.__dataclass_fields__]
     if isinstance(out, (list, tuple)):
         for item in out:
-            t = _first_tensor(item)
+            t = _first_floating(item)
             if t is not None:
                 return t
     return None
