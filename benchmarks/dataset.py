@@ -3,7 +3,7 @@ against compute time.
 
 For three workloads -- ECG-like signals (2 leads x 2048 samples), images (1 x 128 x 128) and volumes (1 x 48^3),
 each with an untrained :class:`ndcam.data.TinyNet` (seeded) and Grad-CAM, maps stored in float16 at the input's
-resolution -- it runs ``explain-dataset`` in fresh processes (``python -m ndcam.cli_dataset`` for 1 rank,
+resolution -- it runs ``explain-dataset`` in fresh processes (``python -m ndcam`` for 1 rank,
 ``python -m torch.distributed.run --nproc_per_node 2`` for 2), one thread per rank, and reads back:
 
 * samples per second: dataset length / the run's own time (``summary.json``; process start and rendezvous excluded);
@@ -79,7 +79,7 @@ def run(name: str, ranks: int, quick: bool, store: Path) -> dict:
     shape, n, unit = WORKLOADS[name][0], WORKLOADS[name][2 if quick else 1], WORKLOADS[name][3]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
            "NDCAM_BENCH_WORKLOAD": name, **({"NDCAM_BENCH_QUICK": "1"} if quick else {})}
-    args = ["-m", "ndcam.cli_dataset", "explain-dataset", "--model", "benchmarks.dataset:model", "--dataset",
+    args = ["-m", "ndcam", "explain-dataset", "--model", "benchmarks.dataset:model", "--dataset",
             "benchmarks.dataset:dataset", "--out", str(store), "--batch-size", str(unit), "--dtype", "float16",
             "--no-progress"]
     if ranks > 1:

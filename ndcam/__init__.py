@@ -6,15 +6,30 @@
 >>> ndcam.GradCAM(net)(torch.randn(1, 1, 16, 16, 16)).shape
 torch.Size([1, 16, 16, 16])
 
-The method classes are exported from :mod:`ndcam.methods` (``from .methods import *`` below), whose ``__all__`` holds
-every registered method; ``tests/test_registry.py`` checks that every class in the registry is exported here, listed
+The package's folders show its architecture: ``core/`` (the engine: ops, capture, layers, targets, methods, the
+pipeline), ``analysis/`` (metrics, layer sweeps, channels, lead-wise maps, sliding windows, whole datasets), ``app/``
+(file readers, pictures, reports, the command line) and ``synthetic/`` (the demo's tasks). Each public module keeps a
+short name -- ``ndcam.ops``, ``ndcam.viz``, ``ndcam.metrics``, ... -- bound to the same module object as its home
+(see ``ndcam/_layout.py``).
+
+The method classes are exported from :mod:`ndcam.methods` (``from .core.methods import *`` below), whose ``__all__``
+holds every registered method; ``tests/test_registry.py`` checks that every class in the registry is exported here, listed
 by ``ndcam methods`` and named in the README.
 """
 
 from __future__ import annotations
 
-from . import channels, dataset, leadwise, metrics, ops, sweep, targets, viz
-from ._errors import (
+import sys
+
+from . import _layout
+from .analysis import channels, dataset, leadwise, metrics, sweep
+from .analysis.dataset import explain_dataset, open_explanations
+from .analysis.sliding import SlidingWindow, sliding_window_explain
+from .analysis.sweep import SweepResult, layer_sweep
+from .app import viz
+from .core import ops, targets
+from .core.detection import DetectionTarget
+from .core.errors import (
     BatchDependenceWarning,
     ConstantMapWarning,
     ForwardError,
@@ -24,18 +39,16 @@ from ._errors import (
     NdcamError,
     NdcamWarning,
 )
-from .dataset import explain_dataset, open_explanations
-from .detection import DetectionTarget
-from .explain import explain
-from .explanation import Explanation
-from .layers import LayerInfo, TokenGrid, list_layers
-from .methods import *  # noqa: F403 -- every registered method class, BaseCAM, methods(), get_method()
-from .methods import __all__ as _method_names
-from .sliding import SlidingWindow, sliding_window_explain
-from .smoothing import Augmentations
-from .sweep import SweepResult, layer_sweep
+from .core.explain import explain
+from .core.explanation import Explanation
+from .core.layers import LayerInfo, TokenGrid, list_layers
+from .core.methods import *  # noqa: F403 -- every registered method class, BaseCAM, methods(), get_method()
+from .core.methods import __all__ as _method_names
+from .core.smoothing import Augmentations
 
 __version__ = "0.1.0"
+
+_layout.register(sys.modules[__name__])
 
 __all__ = [
     *_method_names,

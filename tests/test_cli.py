@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from ndcam import cli
+from ndcam.app import cli
 
 ROOT = Path(__file__).resolve().parents[1]
 

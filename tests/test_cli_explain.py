@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from ndcam import cli
+from ndcam.app import cli
 
 FACTORIES = '''
 import torch

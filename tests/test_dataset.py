@@ -10,11 +10,11 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from ndcam.dataset import SettingsMismatchError, StoreLockedError, explain_dataset, open_explanations, summarize
+from ndcam.dataset import store as st
 
 import ndcam
 from ndcam import InputError, InputTypeError
-from ndcam.dataset import SettingsMismatchError, StoreLockedError, explain_dataset, open_explanations, summarize
-from ndcam.dataset import store as st
 
 from . import dataset_fixtures as F
 
@@ -251,21 +251,21 @@ def test_model_left_as_it_was(tmp_path):
 
 
 def test_command_line(tmp_path, capsys, monkeypatch):
-    from ndcam import cli_dataset
+    from ndcam.app.cli import main
 
     monkeypatch.setenv("NDCAM_TEST_N", "12")
     out = tmp_path / "cli"
     argv = ["explain-dataset", "--model", "tests.dataset_fixtures:signal_net", "--dataset",
             "tests.dataset_fixtures:signals", "--out", str(out), "--batch-size", "5", "--metrics", "pointing",
             "--no-progress"]
-    assert cli_dataset.main(argv) == 0
+    assert main(argv) == 0
     assert "12/12 samples committed" in capsys.readouterr().out
-    assert cli_dataset.main(argv[:-1] + ["--method", "hirescam", "--no-progress"]) == 2
+    assert main(argv[:-1] + ["--method", "hirescam", "--no-progress"]) == 2
     assert "method: store has 'gradcam', this run asks 'hirescam'" in capsys.readouterr().err
-    assert cli_dataset.main(["summarize", str(out), "--export", "0,11"]) == 0
+    assert main(["summarize", str(out), "--export", "0,11"]) == 0
     text = capsys.readouterr().out
     assert "all\t12\t" in text and (out / "summary.html").exists() and (out / "export" / "sig11.png").exists()
-    assert cli_dataset.main(["summarize", str(tmp_path / "nothing")]) == 2
+    assert main(["summarize", str(tmp_path / "nothing")]) == 2
 
 
 def test_mitdb_example_skips_without_records(tmp_path):

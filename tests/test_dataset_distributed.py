@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from ndcam.dataset import open_explanations
 
 import ndcam
-from ndcam.dataset import open_explanations
 
 from . import dataset_fixtures as F
 
@@ -40,7 +40,7 @@ def rendezvous(kind: str) -> list[str]:
 def torchrun(out: Path, n: int, unit: int, env: dict, *extra: str, restarts: int = 0, wait: bool = True,
              rdzv: str = "static"):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", *rendezvous(rdzv),
-           "--max-restarts", str(restarts), "-m", "ndcam.cli_dataset", "explain-dataset",
+           "--max-restarts", str(restarts), "-m", "ndcam", "explain-dataset",
            "--model", "tests.dataset_fixtures:signal_net", "--dataset", "tests.dataset_fixtures:signals",
            "--out", str(out), "--batch-size", str(unit), "--dtype", "float32", *extra]
     full = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "NDCAM_TEST_N": str(n), **env}

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from ndcam import cli
+from ndcam.app import cli
 from tests import cli_models
 
 PIL = pytest.importorskip("PIL")

@@ -14,10 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from ndcam.io import check_pt2, load_model
 from torch import nn
 
-from ndcam import InputError, cli
-from ndcam.io import check_pt2, load_model
+from ndcam import InputError
+from ndcam.app import cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -146,7 +147,7 @@ def test_factory_resolves_from_the_working_folder_like_the_installed_command(tmp
     (tmp_path / "mymodels_cwd.py").write_text(MYMODELS)
     np.save(tmp_path / "s.npy", np.random.rand(2, 2, 40).astype("float32"))
     code = ("import sys, os; sys.path[:] = [p for p in sys.path if p not in ('', os.getcwd())]\n"
-            "from ndcam.cli import main\n"
+            "from ndcam.app.cli import main\n"
             "raise SystemExit(main(['explain', '--model', 'mymodels_cwd:net', '--input', 's.npy', '--out', 'o',"
             " '--max-pictures', '0']))")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}

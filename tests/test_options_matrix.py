@@ -12,10 +12,10 @@ import warnings
 
 import pytest
 import torch
+from ndcam.methods.base import OPTIONS, REGISTRY
 
 import ndcam
-import ndcam.cli
-from ndcam.methods.base import OPTIONS, REGISTRY
+import ndcam.app.cli
 
 from .conftest import GapNet, make_input, make_net
 from .test_inputs import TwoInputs
@@ -195,7 +195,7 @@ def test_a_method_defined_in_one_place_is_available_everywhere(toy_method, rank,
     h.remove()
     want = torch.relu(ndcam.ops.weighted_sum(ndcam.ops.spatial_mean(a["a"]), a["a"]))
     torch.testing.assert_close(raw, want.float())
-    assert ndcam.cli.main(["methods"]) == 0
+    assert ndcam.app.cli.main(["methods"]) == 0
     assert "toymethod" in capsys.readouterr().out.split()
 
 
@@ -207,7 +207,7 @@ def test_the_toy_method_is_gone_after_the_fixture():
 def test_cli_gives_perturbation_options_to_the_perturbative_classes(method):
     cls = ndcam.get_method(method)
     args = type("Args", (), {"batch_size": 4})()
-    opts = ndcam.cli._method_options(cls, args)
+    opts = ndcam.app.cli._method_options(cls, args)
     if cls.perturbative:
         assert opts["batch_size"] == 4 and "progress" in opts
         cls(make_net(1), "feat", **opts)  # the class takes them

@@ -5,16 +5,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import ndcam
-import ndcam.cli
 from ndcam.methods.base import REGISTRY
+
+import ndcam
+import ndcam.app.cli
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 
 
 def test_every_registered_method_is_exported_listed_and_documented(capsys):
     classes = {cls for cls in REGISTRY.values() if cls.__module__.startswith("ndcam.")}
-    assert ndcam.cli.main(["methods"]) == 0
+    assert ndcam.app.cli.main(["methods"]) == 0
     listed = capsys.readouterr().out.split()
     for cls in classes:
         assert getattr(ndcam, cls.__name__) is cls, cls.__name__

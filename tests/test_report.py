@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from ndcam import report, viz
-from ndcam._errors import ConstantMapWarning
+from ndcam.core.errors import ConstantMapWarning
 
 from .test_viz import stored_in
 

@@ -1,0 +1,56 @@
+"""The public module names (``ndcam.ops``, ``ndcam.viz``, ...) and the folders they live in.
+
+The folders show the architecture -- :mod:`ndcam.core` (the engine), :mod:`ndcam.analysis` (built on it),
+:mod:`ndcam.app` (files, pictures, reports, the command line) and :mod:`ndcam.synthetic` (the demo's tasks) -- while
+users keep one short, stable name per module. :func:`register` makes each short name the *same module object* as its
+home (``ndcam.viz is ndcam.app.viz``), submodules included, so ``import ndcam.viz.ecg`` never loads a second copy.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import sys
+from types import ModuleType
+
+#: short public name -> home under ``ndcam`` (dotted)
+PUBLIC_MODULES: dict[str, str] = {
+    "ranks": "core.ranks",
+    "ops": "core.ops",
+    "capture": "core.capture",
+    "layers": "core.layers",
+    "targets": "core.targets",
+    "detection": "core.detection",
+    "explanation": "core.explanation",
+    "smoothing": "core.smoothing",
+    "methods": "core.methods",
+    "explain": "core.explain",
+    "metrics": "analysis.metrics",
+    "sweep": "analysis.sweep",
+    "channels": "analysis.channels",
+    "leadwise": "analysis.leadwise",
+    "sliding": "analysis.sliding",
+    "dataset": "analysis.dataset",
+    "io": "app.io",
+    "viz": "app.viz",
+    "report": "app.report",
+    "data": "synthetic.data",
+    "models": "synthetic.models",
+}
+
+
+def _alias(name: str, module: ModuleType) -> None:
+    sys.modules.setdefault(name, module)
+    for info in pkgutil.iter_modules(getattr(module, "__path__", [])):
+        _alias(f"{name}.{info.name}", importlib.import_module(f"{module.__name__}.{info.name}"))
+
+
+def register(package: ModuleType) -> None:
+    """Import every public module at its home and bind its short name in ``sys.modules`` and on ``package``
+    (an attribute that already names something else -- the function ``ndcam.explain`` -- is kept).
+    """
+    for short, home in PUBLIC_MODULES.items():
+        module = importlib.import_module(f"{package.__name__}.{home}")
+        _alias(f"{package.__name__}.{short}", module)
+        if not hasattr(package, short):
+            setattr(package, short, module)

@@ -1,0 +1,443 @@
+"""Hook handling: record activations at target layers and their gradients from the target scores only.
+
+:class:`Capture` is a context manager. Inside it, the model's forward runs in this order:
+
+1. the trunk up to the first target layer runs under ``torch.no_grad()``: no graph, inference memory;
+2. at the first target layer that completes, its output is detached into a leaf that requires grad and gradient
+   recording is switched on for the rest of the forward, so the graph spans only the head;
+3. :meth:`Capture.gradients` calls ``torch.autograd.grad(scores, activations)``: the backward runs from the scores to
+   the target layers only and never writes a parameter's ``.grad``.
+
+Each captured output is handed on to the rest of the network as a *clone*, so an in-place operation after the target
+layer (``ReLU(inplace=True)``, ``out += identity`` in torchvision-style blocks) cannot change the recorded activation or
+break autograd.
+
+A module that runs more than once in one forward (a shared block, a recurrent cell) is captured at every call; each
+call is one more activation, and methods fuse them like a list of layers.
+
+On exit (also after an exception) every hook is removed and the model's per-module ``training`` flags and the grad
+mode are restored. While capturing, the model is in eval mode, so BatchNorm running statistics never change.
+
+The hooks record only during :meth:`Capture.forward`: a forward that gradient checkpointing re-runs inside the backward
+is not recorded a second time.
+
+**Threads.** Hooks and ``training`` flags belong to the model, which every thread shares, so a call must have the
+model to itself: :func:`model_lock` gives one re-entrant lock per model, which every method holds for the whole of a
+call (and the automatic layer choice for its probe). Calls on one model from several threads therefore run one after
+the other and give the maps of sequential calls; calls on different models run in parallel.
+
+This module also holds what running a model with *several inputs* and *any output structure* needs:
+:class:`ModelInputs` (the extra positional/keyword arguments passed after the explained tensor, replicated or sliced
+with the batch) and :func:`slice_batch` (the samples ``j*n .. (j+1)*n`` of any output structure).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import weakref
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import InputTypeError, LayerError, NdcamError, forward_failed
+
+__all__ = ["Capture", "ModelState", "ModelInputs", "model_lock", "slice_batch", "tree_map"]
+
+_LOCKS: weakref.WeakKeyDictionary[nn.Module, threading.RLock] = weakref.WeakKeyDictionary()
+_LOCKS_GUARD = threading.Lock()
+
+
+def model_lock(model: nn.Module) -> threading.RLock:
+    """The re-entrant lock of ``model``, shared by every ndcam method instance and by the automatic layer choice.
+
+    A call holds it from validation to the restored model, so two threads explaining one model run one after the
+    other (hooks, ``training`` flags and BatchNorm statistics stay consistent); different models have different locks
+    and run in parallel. Re-entrant: a method that calls another method on the same model (Guided Grad-CAM) does not
+    block itself. Kept in a weak dictionary: the lock goes away with the model.
+    """
+    lock = _LOCKS.get(model)
+    if lock is None:
+        with _LOCKS_GUARD:
+            lock = _LOCKS.get(model)
+            if lock is None:
+                lock = _LOCKS[model] = threading.RLock()
+    return lock
+
+
+def tree_map(fn: Callable[[torch.Tensor], Any], obj: Any) -> Any:
+    """Apply ``fn`` to every tensor inside tuples, lists, named tuples, mappings and dataclasses; keep the rest.
+
+    Containers are rebuilt with their own type where it can be done (``OrderedDict`` and Hugging Face
+    ``ModelOutput`` subclasses, named tuples, dataclasses); other mappings become ``dict``.
+    """
+    if isinstance(obj, torch.Tensor):
+        return fn(obj)
+    if isinstance(obj, tuple) and hasattr(obj, "_fields"):  # named tuple
+        return type(obj)(*(tree_map(fn, v) for v in obj))
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(tree_map(fn, v) for v in obj)
+    if isinstance(obj, Mapping):
+        items = {k: tree_map(fn, v) for k, v in obj.items()}
+        try:
+            return type(obj)(**items) if dataclasses.is_dataclass(obj) else type(obj)(items)  # type: ignore[call-arg]
+        except TypeError:
+            return items
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        changes = {f.name: tree_map(fn, getattr(obj, f.name)) for f in dataclasses.fields(obj) if f.init}
+        return dataclasses.replace(obj, **changes)
+    return obj
+
+
+def _is_per_sample_list(obj: Any, total: int) -> bool:
+    """A list of ``total`` per-sample results (torchvision detection: one dict per image), to be sliced itself."""
+    return (isinstance(obj, list) and len(obj) == total and total > 0
+            and not any(isinstance(v, torch.Tensor) and v.ndim and v.shape[0] == total for v in obj))
+
+
+def slice_batch(output: Any, start: int, stop: int, total: int) -> Any:
+    """Samples ``start:stop`` of a model output of batch size ``total``, whatever its structure.
+
+    Every tensor whose first axis has length ``total`` is sliced (others -- a scalar loss, a per-class table -- are
+    kept); a list of ``total`` per-sample results (one dict per image) is sliced as a list. Used by the perturbation
+    methods, which run ``b`` groups of N samples in one forward and score each group like an ordinary output.
+
+    Example:
+        >>> import torch
+        >>> out = {"logits": torch.arange(6.0).reshape(6, 1), "temperature": torch.tensor(2.0)}
+        >>> slice_batch(out, 2, 4, 6)["logits"].flatten().tolist(), slice_batch(out, 2, 4, 6)["temperature"].item()
+        ([2.0, 3.0], 2.0)
+    """
+    if start == 0 and stop == total:
+        return output
+    if isinstance(output, torch.Tensor):
+        return output[start:stop] if output.ndim and output.shape[0] == total else output
+    if _is_per_sample_list(output, total):
+        return output[start:stop]
+    return tree_map(lambda t: t[start:stop] if t.ndim and t.shape[0] == total else t, output)
+
+
+@dataclass
+class ModelInputs:
+    """The arguments a model takes after the explained tensor: ``model(x, *args, **kwargs)``.
+
+    Tensors (also inside lists, tuples, dicts) whose first axis has the batch's length ``n`` are *per-sample*: they are
+    replicated with the perturbation methods' batches and sliced with the samples (``per_sample=True``, the
+    automatic layer choice's one-sample probe); everything else is passed unchanged.
+    """
+
+    args: tuple = ()
+    kwargs: dict = field(default_factory=dict)
+    n: int = 0
+
+    @classmethod
+    def make(cls, args: Any, kwargs: Any, n: int) -> ModelInputs:
+        """Validate ``forward_args`` / ``forward_kwargs`` (before any forward pass)."""
+        if args is None:
+            args = ()
+        if not isinstance(args, (tuple, list)):
+            raise InputTypeError(
+                f"forward_args must be a tuple of the extra positional inputs the model takes after x, got "
+                f"{type(args).__name__}; for one extra input write forward_args=(mask,)"
+            )
+        if kwargs is None:
+            kwargs = {}
+        if not isinstance(kwargs, Mapping) or not all(isinstance(k, str) for k in kwargs):
+            raise InputTypeError(f"forward_kwargs must be a dict name -> value, got {type(kwargs).__name__}")
+        return cls(tuple(args), dict(kwargs), n)
+
+    def __bool__(self) -> bool:
+        return bool(self.args) or bool(self.kwargs)
+
+    def _map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> tuple[tuple, dict]:
+        def per(t: torch.Tensor) -> torch.Tensor:
+            return fn(t) if t.ndim and t.shape[0] == self.n else t
+
+        return tree_map(per, self.args), tree_map(per, self.kwargs)
+
+    def map(self, fn: Callable[[torch.Tensor], torch.Tensor], n: int | None = None) -> ModelInputs:
+        """Apply ``fn`` to the per-sample tensors; the result is per-sample for a batch of ``n``."""
+        if not self:
+            return ModelInputs(n=self.n if n is None else n)
+        args, kwargs = self._map(fn)
+        return ModelInputs(args, kwargs, self.n if n is None else n)
+
+    def repeat(self, b: int) -> ModelInputs:
+        """Per-sample tensors repeated ``b`` times along the batch axis (``b`` groups of the N samples)."""
+        if b == 1 or not self:
+            return self
+        return self.map(lambda t: t.repeat(b, *([1] * (t.ndim - 1))), self.n * b)
+
+    def take(self, start: int, stop: int) -> ModelInputs:
+        """Per-sample tensors of samples ``start:stop``."""
+        return self.map(lambda t: t[start:stop], stop - start)
+
+    def normal(self) -> ModelInputs:
+        """Inference-mode tensors cloned into ordinary tensors (call under ``torch.inference_mode(False)``)."""
+        if not self:
+            return self
+        fix = lambda t: t.clone() if t.is_inference() else t  # noqa: E731
+        return ModelInputs(tree_map(fix, self.args), tree_map(fix, self.kwargs), self.n)
+
+    def signature(self) -> tuple:
+        """A hashable summary (tensor shapes and dtypes, other values' types) for caches keyed by the inputs."""
+        sig: list = []
+
+        def note(t: torch.Tensor) -> torch.Tensor:
+            sig.append((tuple(t.shape), t.dtype, t.device))
+            return t
+
+        def plain(v: Any) -> Any:  # other values: scalars and strings by value (they can change the forward's path)
+            return v if isinstance(v, (bool, int, float, str, type(None))) else type(v).__name__
+
+        tree_map(note, (self.args, self.kwargs))
+        others = tuple(plain(v) for v in self.args if not isinstance(v, torch.Tensor))
+        others += tuple((k, plain(v)) for k, v in sorted(self.kwargs.items()) if not isinstance(v, torch.Tensor))
+        return (len(self.args), tuple(sorted(self.kwargs)), tuple(sig), others)
+
+    def call(self, model: Callable, x: torch.Tensor) -> Any:
+        return model(x, *self.args, **self.kwargs)
+
+
+@dataclass
+class ModelState:
+    """What an explanation must leave as it found it: training flags, grad mode, inference mode.
+
+    ``batch_statistics`` names the modules that normalize with the statistics of the batch even in eval mode
+    (``BatchNorm`` with ``track_running_stats=False``), found on the same pass over the modules.
+    """
+
+    training: dict[nn.Module, bool] = field(default_factory=dict)
+    grad_enabled: bool = True
+    batch_statistics: list[str] = field(default_factory=list)
+
+    @classmethod
+    def save(cls, model: nn.Module) -> ModelState:
+        training = {}
+        batch_statistics = []
+        for name, m in model.named_modules():
+            training[m] = m.training
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is None:
+                batch_statistics.append(name or type(m).__name__)
+        return cls(training, torch.is_grad_enabled(), batch_statistics)
+
+    def eval(self) -> None:
+        """Put every module in eval mode (touching only those in training mode)."""
+        for m, flag in self.training.items():
+            if flag:
+                m.training = False
+
+    def restore(self) -> None:
+        for m, flag in self.training.items():
+            if m.training != flag:
+                m.training = flag
+        torch.set_grad_enabled(self.grad_enabled)
+
+
+class Capture:
+    """Context manager that records the outputs of ``layers`` and their gradients with respect to chosen scores.
+
+    Args:
+        model: the model.
+        layers: ``[(name, module), ...]`` to record.
+        rank: spatial rank of the input; every captured output must be ``(N, C, *spatial)`` with this rank.
+        grads: whether gradients will be needed (switches grad recording on after the first target layer).
+        reshape: optional callable turning a layer's raw output into ``(N, C, *spatial)`` (token models).
+
+    Example:
+        >>> import torch
+        >>> net = torch.nn.Sequential(torch.nn.Conv1d(1, 4, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool1d(1),
+        ...                           torch.nn.Flatten(), torch.nn.Linear(4, 2))
+        >>> with Capture(net, [("1", net[1])], rank=1) as cap:
+        ...     out = cap.forward(torch.randn(3, 1, 16))
+        ...     grads = cap.gradients(out[:, 0])
+        >>> cap.activations[0].shape, grads[0].shape
+        (torch.Size([3, 4, 14]), torch.Size([3, 4, 14]))
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layers: list[tuple[str, nn.Module]],
+        rank: int,
+        grads: bool = True,
+        reshape=None,
+        input_grad: bool = False,
+    ) -> None:
+        self.model = model
+        self.input_grad = input_grad
+        self.input: torch.Tensor | None = None
+        self.layers = layers
+        self.rank = rank
+        self.need_grads = grads
+        self.reshape = reshape
+        self._raw: list[torch.Tensor] = []
+        self.names: list[str] = []
+        self._handles: list = []
+        self._state: ModelState | None = None
+        self._batch = 0
+        self._recording = False
+
+    # -- context management -------------------------------------------------------------------------------------
+    def __enter__(self) -> Capture:
+        self._state = ModelState.save(self.model)
+        try:
+            self._state.eval()
+            for name, module in self.layers:
+                self._handles.append(module.register_forward_hook(self._make_hook(name)))
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def remove_hooks(self) -> None:
+        """Detach the recording hooks (the model stays in eval mode until the context exits)."""
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+    def __exit__(self, *exc) -> None:
+        self.remove_hooks()
+        if self._state is not None:
+            self._state.restore()
+            self._state = None
+
+    # -- hooks --------------------------------------------------------------------------------------------------
+    def _check(self, name: str, module: nn.Module, act: object) -> None:
+        if isinstance(act, torch.Tensor) and act.ndim == self.rank + 2 and act.shape[0] == self._batch:
+            if not act.is_floating_point():
+                raise LayerError(f"layer {name!r} gives a {act.dtype} output; CAM needs floating activations")
+            return
+        got = tuple(act.shape) if isinstance(act, torch.Tensor) else type(act).__name__
+        dims = " ".join(["L", "H W", "D H W"][self.rank - 1].split()) if 1 <= self.rank <= 3 else f"<{self.rank} axes>"
+        raise LayerError(
+            f"layer {name!r} ({type(module).__name__}) gives output {got}, not (N={self._batch}, C, {dims}) for a "
+            f"rank-{self.rank} input; choose a convolutional layer (ndcam.list_layers(model, x) marks the usable "
+            f"ones) or, for token models, pass reshape= to turn tokens into a grid"
+        )
+
+    def _make_hook(self, name: str):
+        def hook(module: nn.Module, inputs: object, output: Any) -> torch.Tensor | None:
+            if not self._recording:  # e.g. a checkpointed segment re-run by the backward
+                return None
+            if not isinstance(output, torch.Tensor):
+                self._check(name, module, output)
+            self._check(name, module, self.reshape(output) if self.reshape is not None else output)
+            self.names.append(name)
+            if not self.need_grads:
+                self._raw.append(output.detach().clone())
+                return None
+            raw = output
+            if not raw.requires_grad:
+                # the trunk ran without a graph: start one here, a leaf the backward stops at
+                raw = raw.detach().requires_grad_(True)
+                torch.set_grad_enabled(True)
+            self._raw.append(raw)
+            # downstream in-place ops touch the clone, never the recorded activation
+            return raw.clone()
+
+        return hook
+
+    # -- results ------------------------------------------------------------------------------------------------
+    @property
+    def raw_outputs(self) -> list[torch.Tensor]:
+        """The layers' outputs as the model produced them (before ``reshape``), detached."""
+        return [r.detach() for r in self._raw]
+
+    @property
+    def outputs_with_graph(self) -> list[torch.Tensor]:
+        """The layers' outputs as the model produced them (before ``reshape``), *not* detached: with gradients
+        (``grads=True``) each is the leaf the head's graph starts from, so a method can differentiate the scores with
+        respect to them -- also twice (``create_graph=True``, ShapleyCAM's Hessian-vector product).
+        """
+        return list(self._raw)
+
+    @property
+    def activations(self) -> list[torch.Tensor]:
+        """Recorded activations ``(N, C, *spatial)``, one per captured call, detached."""
+        return [self._view(r.detach()) for r in self._raw]
+
+    def _view(self, t: torch.Tensor) -> torch.Tensor:
+        return self.reshape(t) if self.reshape is not None else t
+
+    def clear(self) -> None:
+        """Drop recorded activations (and the graph hanging from them)."""
+        self._raw = []
+        self.names = []
+        self.input = None
+
+    # -- running ------------------------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor, inputs: ModelInputs | None = None) -> Any:
+        """Run the model on ``x`` (and the extra ``inputs``): trunk without graph, head with graph (if gradients are
+        needed). Returns the model's output, whatever its structure.
+        """
+        self.clear()
+        self._batch = x.shape[0]
+        if self.input_grad:  # methods that need d score / d input build the graph from the input on
+            x = self.input = x.detach().requires_grad_(True)
+        torch.set_grad_enabled(self.input_grad)
+        self._recording = True
+        try:
+            out = self.model(x) if not inputs else inputs.call(self.model, x)
+        except NdcamError:
+            raise
+        except (RuntimeError, ValueError, TypeError, IndexError, AssertionError) as err:
+            raise forward_failed(self.model, x, err) from err
+        finally:
+            self._recording = False
+        missing = [name for name, _ in self.layers if name not in self.names]
+        if missing:
+            raise LayerError(
+                f"layer(s) {missing} never ran during the forward pass of {type(self.model).__name__}; choose layers "
+                f"that the forward reaches (ndcam.list_layers(model, x) lists those that run)"
+            )
+        return out
+
+    def gradients(self, scores: torch.Tensor, retain_graph: bool = False) -> list[torch.Tensor]:
+        """Gradients of ``scores.sum()`` with respect to every recorded activation.
+
+        In eval mode the samples of a batch are independent, so the gradient of the batch sum is each sample's own.
+
+        Raises:
+            LayerError: the backward from the scores never reaches a recorded layer (its map would be silently zero).
+        """
+        grads = _grads(scores, self._raw, retain_graph)
+        for name, g in zip(self.names, grads):
+            if g is None:
+                raise LayerError(_unreached(name))
+        return [self._view(g) for g in grads if g is not None]
+
+    def input_and_layer_gradients(self, scores: torch.Tensor, retain_graph: bool = False):
+        """``(d scores.sum() / d input, [d scores.sum() / d layer output, ...])`` (needs ``input_grad=True``).
+
+        Layers the scores do not depend on get zero gradients (FullGrad sums over many layers); the input must be
+        reached.
+        """
+        if self.input is None:
+            raise RuntimeError("Capture was created without input_grad=True")
+        grads = _grads(scores, [self.input, *self._raw], retain_graph)
+        if grads[0] is None:
+            raise LayerError(_unreached("the input"))
+        layers = [torch.zeros_like(t) if g is None else g for t, g in zip(self._raw, grads[1:])]
+        return grads[0], [self._view(g) for g in layers]
+
+
+def _unreached(what: str) -> str:
+    where = what if what == "the input" else f"layer {what!r}"
+    return (
+        f"the backward pass from the target scores never reached {where}: its output does not influence the scores "
+        f"through a differentiable path, so its map would be all-zero. Usual causes: a .detach() or torch.no_grad() "
+        f"inside the model after it, or reentrant gradient checkpointing around it "
+        f"(torch.utils.checkpoint.checkpoint(..., use_reentrant=True)); use use_reentrant=False or choose a layer after "
+        f"the cut (ndcam.list_layers(model, x) lists the candidates)"
+    )
+
+
+def _grads(scores: torch.Tensor, inputs: list[torch.Tensor], retain_graph: bool) -> list[torch.Tensor | None]:
+    """``d scores.sum() / d input`` for each input; ``None`` for inputs the scores do not depend on."""
+    if not scores.requires_grad:
+        return [None] * len(inputs)
+    return list(torch.autograd.grad(scores.sum(), inputs, retain_graph=retain_graph, allow_unused=True))

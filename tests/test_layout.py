@@ -1,0 +1,115 @@
+"""The package's folders are its architecture, and the public short names are its homes.
+
+Layers: ``core`` (the engine) <- ``analysis`` (built on it) and ``synthetic`` (the demo's tasks) <- ``app`` (files,
+pictures, reports, the command line). A module may import, at module level, only its own layer and the layers below
+it; ``plot``/``report`` conveniences on result objects may reach ``app`` inside the function that draws. The core
+and analysis never import matplotlib or a file-format library at module level, so ``import ndcam.core`` works
+with torch, numpy, scipy and einops alone.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import pathlib
+import sys
+
+import pytest
+
+import ndcam
+from ndcam import _layout
+
+PKG = pathlib.Path(ndcam.__file__).parent
+LAYERS = {"core": set(), "synthetic": {"core"}, "analysis": {"core"}, "app": {"core", "analysis", "synthetic"}}
+DRAWING_OR_FILES = {"matplotlib", "PIL", "soundfile", "nibabel", "pydicom", "wfdb", "zarr"}
+
+
+def _module_level_imports(path: pathlib.Path, package: str) -> list[tuple[str, int]]:
+    """Absolute names imported at module level (not inside functions/methods), with line numbers."""
+    tree = ast.parse(path.read_text())
+    out: list[tuple[str, int]] = []
+    body = list(tree.body)
+    while body:  # module level, including if/try blocks, but not def/class bodies' functions
+        node = body.pop()
+        if isinstance(node, (ast.If, ast.Try)):
+            body.extend(node.body + node.orelse + getattr(node, "finalbody", []))
+            for h in getattr(node, "handlers", []):
+                body.extend(h.body)
+        elif isinstance(node, ast.ClassDef):
+            body.extend(n for n in node.body if not isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)))
+        elif isinstance(node, ast.Import):
+            out += [(a.name, node.lineno) for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                mod = ".".join(base + ([node.module] if node.module else []))
+                out += [(f"{mod}.{a.name}" if node.module is None else mod, node.lineno) for a in node.names]
+            else:
+                out.append((node.module or "", node.lineno))
+    return out
+
+
+def _modules():
+    for path in sorted(PKG.rglob("*.py")):
+        rel = path.relative_to(PKG.parent).with_suffix("")
+        parts = list(rel.parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        name = ".".join(parts)
+        package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+        yield name, package, path
+
+
+def test_every_module_lives_in_a_layer():
+    loose = [name for name, _, _ in _modules() if name.count(".") >= 1 and name.split(".")[1] not in LAYERS
+             and name not in ("ndcam.__main__", "ndcam._layout")]
+    assert not loose, f"modules outside core/analysis/app/synthetic: {loose}"
+
+
+def test_module_level_imports_only_go_down():
+    wrong = []
+    for name, package, path in _modules():
+        if name.count(".") < 1 or name.split(".")[1] not in LAYERS:
+            continue
+        layer = name.split(".")[1]
+        allowed = LAYERS[layer] | {layer}
+        for imported, line in _module_level_imports(path, package):
+            top = imported.split(".")[0]
+            if top == "ndcam":
+                parts = imported.split(".")
+                if len(parts) < 2 or parts[1] not in allowed:
+                    wrong.append(f"{path.relative_to(PKG.parent)}:{line} ({layer}) imports {imported}")
+            elif layer in ("core", "analysis") and top in DRAWING_OR_FILES:
+                wrong.append(f"{path.relative_to(PKG.parent)}:{line} ({layer}) imports {imported} at module level")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_the_layer_rule_can_fail(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text("import os\nfrom ..app import viz\n\ndef f():\n    from ..app import report\n")
+    assert sorted(_module_level_imports(bad, "ndcam.core")) == [("ndcam.app", 2), ("os", 1)]
+
+
+@pytest.mark.parametrize("short, home", sorted(_layout.PUBLIC_MODULES.items()))
+def test_public_short_names_are_their_homes(short, home):
+    module = importlib.import_module(f"ndcam.{home}")
+    assert importlib.import_module(f"ndcam.{short}") is module
+    if short not in ("explain", "methods"):  # those names are the functions ndcam.explain / ndcam.methods
+        assert getattr(ndcam, short) is module
+    for sub in getattr(module, "__path__", []) and [p.stem for p in pathlib.Path(module.__path__[0]).glob("*.py")]:
+        if sub != "__init__":
+            assert importlib.import_module(f"ndcam.{short}.{sub}") is importlib.import_module(f"ndcam.{home}.{sub}")
+
+
+def test_no_module_is_loaded_twice():
+    """Every file of the package is one module object, whichever name imported it."""
+    import ndcam.viz.ecg  # noqa: F401 -- an old deep path
+    from ndcam.methods.base import BaseCAM
+
+    assert BaseCAM is ndcam.BaseCAM
+    files: dict[str, set[int]] = {}
+    for name, mod in list(sys.modules.items()):
+        if name.startswith("ndcam") and getattr(mod, "__file__", None):
+            files.setdefault(mod.__file__, set()).add(id(mod))
+    assert all(len(ids) == 1 for ids in files.values())
+
