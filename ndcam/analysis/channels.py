@@ -109,8 +109,7 @@ class ChannelResult:
 
     def html(self, x: torch.Tensor, index: int = 0, **plot_kwargs: Any) -> str:
         """A report section: heading, the picture of :meth:`plot` and a table of the channels and their weights."""
-        from ..app.report import table
-        from ..app.viz.panels import html_section
+        from ..app.report import html_section, table
 
         rows = [[int(c), f"{float(w):.4g}"] for c, w in zip(self.channels[index], self.weights[index])]
         what = "Grad-CAM weight" if self.kind == "gradcam" else "mean activation"

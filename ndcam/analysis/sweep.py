@@ -214,8 +214,7 @@ class SweepResult:
         raw map range). Self-contained HTML (the picture is a data URI); pass it to
         :func:`ndcam.report.html_report` as a block.
         """
-        from ..app.report import table
-        from ..app.viz.panels import html_section
+        from ..app.report import html_section, table
 
         multi = self.scores.ndim == 2
         rows = []

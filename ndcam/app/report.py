@@ -10,31 +10,21 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import json
 import math
-import sys
 import zlib
 from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 
-__all__ = ["png_bytes", "volume_viewer", "volume_slider", "html_report", "table", "warnings_html",
+from .viz.common import png_bytes
+
+__all__ = ["png_bytes", "volume_viewer", "volume_slider", "html_report", "html_section", "table", "warnings_html",
            "decode_viewer_arrays"]
 
 #: largest number of voxels embedded as-is; bigger volumes are subsampled by a whole stride (said in the viewer)
 MAX_VOXELS = 2**24
-
-
-def png_bytes(fig: Any, dpi: float | None = None) -> bytes:
-    """Render a matplotlib Figure to PNG bytes (at the figure's own dpi unless given) and release it."""
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi if dpi is not None else fig.dpi)
-    plt = sys.modules.get("matplotlib.pyplot")
-    if plt is not None:  # a figure made with pyplot: forget it (closing never changes the backend)
-        plt.close(fig)
-    return buf.getvalue()
 
 
 def _img(b: bytes, alt: str = "", attrs: str = "") -> str:
@@ -238,3 +228,9 @@ def html_report(title: str, blocks: list[tuple[str, str | bytes]]) -> str:
             "<style>body{font-family:sans-serif;max-width:1150px;margin:auto;padding:1em}</style></head><body>"
             + "\n".join(parts) + "</body></html>")
 
+
+def html_section(heading: str, fig: Any, after: str = "") -> str:
+    """``<section>`` with an escaped heading, the figure as an embedded PNG (the figure is closed) and ``after``."""
+    png = base64.b64encode(png_bytes(fig, dpi=90)).decode()
+    img = f'<img alt="{html.escape(heading)}" style="max-width:100%" src="data:image/png;base64,{png}">'
+    return f"<section><h3>{html.escape(heading)}</h3>{img}{after}</section>"

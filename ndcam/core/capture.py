@@ -43,7 +43,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import InputTypeError, LayerError, NdcamError, forward_failed
+from .errors import InputTypeError, LayerError, model_forward
 
 __all__ = ["Capture", "ModelState", "ModelInputs", "model_lock", "slice_batch", "tree_map"]
 
@@ -246,6 +246,9 @@ class Capture:
         rank: spatial rank of the input; every captured output must be ``(N, C, *spatial)`` with this rank.
         grads: whether gradients will be needed (switches grad recording on after the first target layer).
         reshape: optional callable turning a layer's raw output into ``(N, C, *spatial)`` (token models).
+        input_grad: whether gradients with respect to the input will be needed.
+        state: the model's state as the caller saved it (an explanation call saves it once and restores it when the
+            call ends); without it the capture saves the state on entry and restores it on exit.
 
     Example:
         >>> import torch
@@ -266,6 +269,7 @@ class Capture:
         grads: bool = True,
         reshape=None,
         input_grad: bool = False,
+        state: ModelState | None = None,
     ) -> None:
         self.model = model
         self.input_grad = input_grad
@@ -278,14 +282,19 @@ class Capture:
         self.names: list[str] = []
         self._handles: list = []
         self._state: ModelState | None = None
+        self._given_state = state
+        self._grad_on_enter = True
         self._batch = 0
         self._recording = False
 
     # -- context management -------------------------------------------------------------------------------------
     def __enter__(self) -> Capture:
-        self._state = ModelState.save(self.model)
+        state = self._given_state
+        if state is None:  # used on its own: save the model's state here, restore it on exit
+            state = self._state = ModelState.save(self.model)
+        self._grad_on_enter = torch.is_grad_enabled()
         try:
-            self._state.eval()
+            state.eval()
             for name, module in self.layers:
                 self._handles.append(module.register_forward_hook(self._make_hook(name)))
         except BaseException:
@@ -304,6 +313,8 @@ class Capture:
         if self._state is not None:
             self._state.restore()
             self._state = None
+        else:  # the caller restores the model's state; give back the grad mode the capture switched
+            torch.set_grad_enabled(self._grad_on_enter)
 
     # -- hooks --------------------------------------------------------------------------------------------------
     def _check(self, name: str, module: nn.Module, act: object) -> None:
@@ -381,11 +392,8 @@ class Capture:
         torch.set_grad_enabled(self.input_grad)
         self._recording = True
         try:
-            out = self.model(x) if not inputs else inputs.call(self.model, x)
-        except NdcamError:
-            raise
-        except (RuntimeError, ValueError, TypeError, IndexError, AssertionError) as err:
-            raise forward_failed(self.model, x, err) from err
+            with model_forward(self.model, x):
+                out = self.model(x) if not inputs else inputs.call(self.model, x)
         finally:
             self._recording = False
         missing = [name for name, _ in self.layers if name not in self.names]

@@ -6,6 +6,9 @@ built-ins keep working, and of :class:`NdcamError` so callers can catch everythi
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 
 class NdcamError(Exception):
     """Base class of every error that ndcam raises on purpose."""
@@ -36,6 +39,19 @@ def forward_failed(model: object, x: object, err: BaseException) -> ForwardError
         f"{str(err).splitlines()[0] if str(err) else ''} -- is x (N, C, *spatial) with the channels, rank and size "
         f"{type(model).__name__} expects?"
     )
+
+
+@contextlib.contextmanager
+def model_forward(model: object, x: object) -> Iterator[None]:
+    """Run the model's own forward inside: whatever it raises becomes a :class:`ForwardError` naming the input (the
+    original chained as its cause); ndcam's own errors, raised by its hooks, pass through unchanged.
+    """
+    try:
+        yield
+    except NdcamError:
+        raise
+    except Exception as err:  # noqa: BLE001 -- whatever the model raises, with context
+        raise forward_failed(model, x, err) from err
 
 
 class NdcamWarning(UserWarning):

@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from .capture import ModelState, model_lock
-from .errors import ForwardError, InputError, InputTypeError, LayerError, forward_failed
+from .errors import ForwardError, InputError, InputTypeError, LayerError, model_forward
 from .ranks import CONV
 
 __all__ = [
@@ -169,10 +169,8 @@ def _trace(model: nn.Module, x: torch.Tensor) -> list[_Record]:
         if name:
             handles.append(m.register_forward_hook(make_hook(name)))
     try:
-        with torch.no_grad():
+        with torch.no_grad(), model_forward(model, x):
             model(x)
-    except (RuntimeError, ValueError, TypeError, IndexError, AssertionError) as err:
-        raise forward_failed(model, x, err) from err
     finally:
         for h in handles:
             h.remove()

@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from typing import Any, Union
 
 import torch
+import torch.nn.functional as F
 
 from .errors import InputError, InputTypeError
 
@@ -54,6 +55,8 @@ __all__ = [
     "BinaryLogit",
     "Regression",
     "SoftmaxProbability",
+    "ReST",
+    "rest_scores",
     "SegmentationMask",
     "MultiLabel",
     "as_score_fn",
@@ -246,6 +249,39 @@ class Regression:
         return -((y - ref) ** 2)
 
 
+def rest_scores(logits: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+    r"""ReST scores :math:`z_t + \log\mathrm{softmax}(z)_t` ``(N, K)`` for ``classes`` ``(N, K)``.
+
+    For a single-logit binary head :math:`z` the two-class analogue: :math:`\pm z + \log\sigma(\pm z)` (sign ``+``
+    for class 1).
+    """
+    if logits.shape[1] == 1:
+        signed = logits[:, :1] * (classes.to(logits.dtype) * 2 - 1)
+        return signed + F.logsigmoid(signed)
+    return logits.gather(1, classes) + torch.log_softmax(logits, dim=1).gather(1, classes)
+
+
+@dataclass
+class ReST:
+    r"""ReST target (Residual Softmax Target-class) of given classes, for any method: the logit plus its
+    log-softmax probability, :math:`z_t + \log\mathrm{softmax}(z)_t` (:func:`rest_scores`; ShapleyCAM's default).
+
+    Cai, "CAMs as Shapley Value-based Explainers", 2025, https://arxiv.org/abs/2501.06261.
+
+    Args:
+        classes: an int for every sample, a length-N sequence / tensor, or an ``(N, K)`` tensor.
+    """
+
+    classes: int | list[int] | torch.Tensor
+
+    def __call__(self, output: torch.Tensor) -> torch.Tensor:
+        logits = _logits(output, "ReST")
+        idx = ClassTarget(self.classes).indices(logits.shape[0], logits.device)
+        ClassTarget(idx)(logits)  # range checks
+        s = rest_scores(logits, idx if idx.ndim == 2 else idx[:, None])
+        return s if idx.ndim == 2 else s[:, 0]
+
+
 @dataclass
 class SoftmaxProbability:
     """Softmax probability of given classes instead of their logit."""
@@ -425,10 +461,3 @@ def as_score_fn(targets: TargetSpec, n: int, device: torch.device) -> tuple[Scor
 
 from .detection import DetectionTarget as Detection  # noqa: E402 -- detection imports nothing of targets
 
-
-def __getattr__(name: str):  # ReST lives with ShapleyCAM (methods import this module: no import cycle here)
-    if name == "ReST":
-        from .methods.shapley import ReST
-
-        return ReST
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

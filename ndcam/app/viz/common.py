@@ -6,6 +6,8 @@ never switched. Save one with ``fig.savefig("map.png")``; show one in a notebook
 
 from __future__ import annotations
 
+import io
+import sys
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -15,11 +17,21 @@ from matplotlib.figure import Figure
 
 from ...core.errors import ConstantMapWarning, InputError
 
-__all__ = ["as_array", "new_figure", "describe", "layer_label", "map_colorbar", "constant_map_note",
+__all__ = ["png_bytes", "as_array", "new_figure", "describe", "layer_label", "map_colorbar", "constant_map_note",
            "note_constant_map", "rgba_to_array", "band_rgba", "MAP_LABEL"]
 
 MAP_LABEL = "map (normalized)"
 CONSTANT_HINT = "nothing to show -- try another target, layer or method"
+
+
+def png_bytes(fig: Any, dpi: float | None = None) -> bytes:
+    """Render a matplotlib Figure to PNG bytes (at the figure's own dpi unless given) and release it."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi if dpi is not None else fig.dpi)
+    plt = sys.modules.get("matplotlib.pyplot")
+    if plt is not None:  # a figure made with pyplot: forget it (closing never changes the backend)
+        plt.close(fig)
+    return buf.getvalue()
 
 
 def as_array(t: Any, what: str = "array") -> np.ndarray:

@@ -3,24 +3,21 @@
 Plain arrays in, a :class:`matplotlib.figure.Figure` out (no pyplot). Rank 1: stacked signal panels with each map as a
 heat band (:func:`band_panels`, :func:`plot_leads`); rank 2: overlays in a row or grid (:func:`overlay_row`); rank 3:
 slices through each map's peak and maximum-intensity projections (:func:`volume_rows`). The result objects of
-:mod:`ndcam.sweep`, :mod:`ndcam.channels` and :mod:`ndcam.leadwise` draw with these; :func:`html_section` puts a
-figure into a report section.
+:mod:`ndcam.sweep`, :mod:`ndcam.channels` and :mod:`ndcam.leadwise` draw with these; :func:`ndcam.report.html_section`
+puts such a figure into a report section.
 """
 
 from __future__ import annotations
 
-import base64
-import html as _html
 from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
 
 from ...core.errors import InputError
-from ..report import png_bytes
 from .common import as_array, new_figure
 
-__all__ = ["band_panels", "overlay_row", "volume_rows", "plot_leads", "html_section"]
+__all__ = ["band_panels", "overlay_row", "volume_rows", "plot_leads"]
 
 
 def _subplots(rows: int, cols: int, figsize: tuple[float, float], **kwargs: Any) -> tuple[Figure, Any]:
@@ -182,10 +179,3 @@ def plot_leads(signal: Any, maps: Any, *, fs: float | None = None, leads: list[s
     fig.tight_layout(rect=(0, 0, 0.91, 1))
     fig.colorbar(im, cax=fig.add_axes((0.925, 0.15, 0.012, 0.7)), label="lead-wise map (joint scale)")
     return fig
-
-
-def html_section(heading: str, fig: Any, after: str = "") -> str:
-    """``<section>`` with an escaped heading, the figure as an embedded PNG (the figure is closed) and ``after``."""
-    png = base64.b64encode(png_bytes(fig, dpi=90)).decode()
-    img = f'<img alt="{_html.escape(heading)}" style="max-width:100%" src="data:image/png;base64,{png}">'
-    return f"<section><h3>{_html.escape(heading)}</h3>{img}{after}</section>"

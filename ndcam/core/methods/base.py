@@ -132,6 +132,8 @@ class CallContext:
         saved: what a method keeps for its caller (e.g. Guided Backprop's input gradients).
         state: what a method derives once per call and its steps share (e.g. the stochastic methods' call seed,
             set by :meth:`BaseCAM._start_call`); shared by the per-sample and augmented runs of the call.
+        model_state: the model's state saved once at the start of the call (restored when the call ends, also on
+            error); the call's captures put the model in eval mode from it instead of saving it again.
     """
 
     x: torch.Tensor
@@ -146,6 +148,7 @@ class CallContext:
     scores: torch.Tensor | None = None
     saved: dict = field(default_factory=dict)
     state: dict = field(default_factory=dict)
+    model_state: ModelState | None = None
 
     @property
     def n(self) -> int:
@@ -407,7 +410,7 @@ class BaseCAM:
                     if x.is_inference():  # made under torch.inference_mode(): autograd cannot use it as it is
                         x = x.clone()
                     ctx = CallContext(x, inputs.normal(), resolved, upsample, normalize,
-                                      saved={k: [] for k in save})
+                                      saved={k: [] for k in save}, model_state=state)
                     self._start_call(ctx)
                     if self.per_sample and n > 1:
                         exp = self._run_per_sample(ctx)
@@ -482,7 +485,8 @@ class BaseCAM:
         x = ctx.x
         ctx.layers, ctx.reshape = self._layers_for(ctx)
         with self._forward_context(ctx), Capture(self.model, ctx.layers, ctx.rank, grads=self.uses_gradients,
-                                                 reshape=ctx.reshape, input_grad=self.input_gradient) as cap:
+                                                 reshape=ctx.reshape, input_grad=self.input_gradient,
+                                                 state=ctx.model_state) as cap:
             ctx.cap = cap
             try:
                 output = ctx.output = cap.forward(x, ctx.inputs)

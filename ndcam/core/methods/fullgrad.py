@@ -26,7 +26,7 @@ from torch import nn
 
 from .. import ops
 from ..capture import ModelState
-from ..errors import LayerError, NdcamError, forward_failed
+from ..errors import LayerError, model_forward
 from ..ranks import BATCHNORM, CONV
 from .base import BaseCAM, register
 
@@ -109,12 +109,8 @@ class FullGrad(BaseCAM):
                       and effective_bias(m) is not None]
 
         def run() -> object:  # the call's own forward: same batch and extra inputs, so any model that runs works
-            try:
+            with model_forward(self.model, x):
                 return ctx.model_call(self.model, x)
-            except NdcamError:
-                raise
-            except Exception as err:  # noqa: BLE001 -- whatever the model raises, with context
-                raise forward_failed(self.model, x, err) from err
 
         key = (tuple(x.shape[1:]), x.dtype, x.device, len(candidates), ctx.inputs.signature())
         cache = _RAN.setdefault(self.model, {})

@@ -26,49 +26,16 @@ layer on only (the trunk below it still runs without a graph).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .. import ops
 from ..errors import InputError
-from ..targets import ClassTarget, _logits
+from ..targets import ClassTarget, ReST, rest_scores
 from ._class_scores import ClassScore, ClassScoreMixin
 from .base import BaseCAM, CallContext, register
 
 __all__ = ["rest_scores", "ReST", "shapley_gradients", "shapley_weights", "ShapleyCAM"]
-
-
-def rest_scores(logits: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
-    r"""ReST scores :math:`z_t + \log\mathrm{softmax}(z)_t` ``(N, K)`` for ``classes`` ``(N, K)``.
-
-    For a single-logit binary head :math:`z` the two-class analogue: :math:`\pm z + \log\sigma(\pm z)` (sign ``+``
-    for class 1).
-    """
-    if logits.shape[1] == 1:
-        signed = logits[:, :1] * (classes.to(logits.dtype) * 2 - 1)
-        return signed + F.logsigmoid(signed)
-    return logits.gather(1, classes) + torch.log_softmax(logits, dim=1).gather(1, classes)
-
-
-@dataclass
-class ReST:
-    """ReST target (Residual Softmax Target-class, :func:`rest_scores`) of given classes, for any method.
-
-    Args:
-        classes: an int for every sample, a length-N sequence / tensor, or an ``(N, K)`` tensor.
-    """
-
-    classes: int | list[int] | torch.Tensor
-
-    def __call__(self, output: torch.Tensor) -> torch.Tensor:
-        logits = _logits(output, "ReST")
-        idx = ClassTarget(self.classes).indices(logits.shape[0], logits.device)
-        ClassTarget(idx)(logits)  # range checks
-        s = rest_scores(logits, idx if idx.ndim == 2 else idx[:, None])
-        return s if idx.ndim == 2 else s[:, 0]
 
 
 def shapley_gradients(gradients: torch.Tensor, hvp: torch.Tensor) -> torch.Tensor:
