@@ -22,6 +22,7 @@ from __future__ import annotations
 import sys
 
 from . import _layout
+from ._version import __version__
 from .analysis import channels, dataset, leadwise, metrics, sweep
 from .analysis.dataset import explain_dataset, open_explanations
 from .analysis.sliding import SlidingWindow, sliding_window_explain
@@ -45,8 +46,6 @@ from .core.layers import LayerInfo, TokenGrid, list_layers
 from .core.methods import *  # noqa: F403 -- every registered method class, BaseCAM, methods(), get_method()
 from .core.methods import __all__ as _method_names
 from .core.smoothing import Augmentations
-
-__version__ = "0.1.0"
 
 _layout.register(sys.modules[__name__])
 

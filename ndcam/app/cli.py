@@ -78,7 +78,7 @@ def demo(out: Path, quick: bool = False, log=print) -> dict:
 
 
 def _report(sections, results, seconds: float) -> str:
-    from .. import __version__
+    from .._version import __version__
     from .report import html_report, table, volume_viewer
 
     blocks: list = [("", f"<p>ndcam {html.escape(__version__)}, torch {html.escape(torch.__version__)}, {seconds:.0f} s. "

@@ -262,7 +262,7 @@ class _Writer:
 
 def _settings(model, dataset, first: Item, method, method_options, targets, layers, batch_size, resolution, dtype,
               metrics, normalize) -> dict:
-    from ... import __version__
+    from ..._version import __version__
 
     name = method if isinstance(method, str) else getattr(method, "registry_name", None) or method.__name__
     return {
