@@ -10,11 +10,11 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from ndcam.dataset import SettingsMismatchError, StoreLockedError, explain_dataset, open_explanations, summarize
-from ndcam.dataset import store as st
 
 import ndcam
 from ndcam import InputError, InputTypeError
+from ndcam.dataset import SettingsMismatchError, StoreLockedError, explain_dataset, open_explanations, summarize
+from ndcam.dataset import store as st
 
 from . import dataset_fixtures as F
 

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from ndcam.dataset import open_explanations
 
 import ndcam
+from ndcam.dataset import open_explanations
 
 from . import dataset_fixtures as F
 

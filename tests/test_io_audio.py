@@ -6,9 +6,9 @@ import json
 
 import numpy as np
 import pytest
-from ndcam.io import load_input
 
 from ndcam.app import cli
+from ndcam.io import load_input
 from tests import cli_models
 
 sf = pytest.importorskip("soundfile")

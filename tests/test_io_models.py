@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from ndcam.io import check_pt2, load_model
 from torch import nn
 
 from ndcam import InputError
 from ndcam.app import cli
+from ndcam.io import check_pt2, load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from ndcam.io import load_input
 
 from ndcam.app import cli
+from ndcam.io import load_input
 from tests import cli_models
 
 wfdb = pytest.importorskip("wfdb")

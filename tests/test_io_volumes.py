@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from ndcam.io import load_input
 
 from ndcam.app import cli
+from ndcam.io import load_input
 from tests import cli_models
 
 nib = pytest.importorskip("nibabel")

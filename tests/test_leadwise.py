@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from ndcam.leadwise import METHODS, LeadExplanation, explain_leads
-from ndcam.targets import ClassTarget
-from ndcam.viz import plot_leads
 from torch import nn
 
 import ndcam
+from ndcam.leadwise import METHODS, LeadExplanation, explain_leads
+from ndcam.targets import ClassTarget
+from ndcam.viz import plot_leads
 
 from .conftest import CONV, GAP, make_input, make_net
 from .reference import capture_reference, ref_gradcam, ref_normalize, ref_upsample

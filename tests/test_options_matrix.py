@@ -12,10 +12,10 @@ import warnings
 
 import pytest
 import torch
-from ndcam.methods.base import OPTIONS, REGISTRY
 
 import ndcam
 import ndcam.app.cli
+from ndcam.methods.base import OPTIONS, REGISTRY
 
 from .conftest import GapNet, make_input, make_net
 from .test_inputs import TwoInputs

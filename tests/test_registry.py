@@ -5,10 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ndcam.methods.base import REGISTRY
-
 import ndcam
 import ndcam.app.cli
+from ndcam.methods.base import REGISTRY
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 

@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 import torch
 from matplotlib.text import Text
-from ndcam.viz.common import MAP_LABEL, rgba_to_array
-from ndcam.viz.signal import PAPER_MINOR
 
 import ndcam
 from ndcam import viz
 from ndcam.core.errors import ConstantMapWarning, InputError
+from ndcam.viz.common import MAP_LABEL, rgba_to_array
+from ndcam.viz.signal import PAPER_MINOR
 
 from .conftest import Net
 

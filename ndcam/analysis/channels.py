@@ -173,7 +173,7 @@ def top_channels(
     w = channel_weights(acts, grads, weights)
     k = min(k, acts.shape[1])
     top_w, top_c = w.topk(k, dim=1)
-    chosen = acts.gather(1, top_c.reshape(top_c.shape + (1,) * (acts.ndim - 2)).expand(-1, -1, *acts.shape[2:]))
+    chosen = acts.gather(1, ops.expand_like(top_c, acts.ndim).expand(-1, -1, *acts.shape[2:]))
     n = acts.shape[0]
     up = ops.upsample(chosen.reshape(n * k, *acts.shape[2:]).float(), tuple(x.shape[2:]))
     maps = ops.minmax_normalize(up.reshape(n, k, *x.shape[2:]), batch_dims=2, inplace=True)

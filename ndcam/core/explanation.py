@@ -7,6 +7,8 @@ from typing import Any
 
 import torch
 
+from . import ops
+
 __all__ = ["Explanation"]
 
 
@@ -42,8 +44,7 @@ class Explanation:
 
     def raw(self) -> torch.Tensor:
         """Maps scaled back to their raw range (exact for single-layer maps: ``min + map * (max - min)``)."""
-        shape = self.raw_min.shape + (1,) * (self.maps.ndim - self.raw_min.ndim)
-        return self.raw_min.reshape(shape) + self.maps * (self.raw_max - self.raw_min).reshape(shape)
+        return ops.expand_like(self.raw_min, self.maps) + self.maps * ops.expand_like(self.raw_max - self.raw_min, self.maps)
 
     def plot(self, x: torch.Tensor | None = None, index: int = 0, **kwargs: Any):
         """Draw sample ``index`` with the view that fits the rank (signal, image, volume); returns a Figure."""

@@ -82,6 +82,17 @@ def bounded_batch(batch_size: int, sample_numel: int, max_elements: int = MAX_BA
     return max(1, min(int(batch_size), max_elements // max(1, int(sample_numel))))
 
 
+def expand_like(t: torch.Tensor, like: torch.Tensor | int) -> torch.Tensor:
+    """Append singleton axes to ``t`` so it broadcasts against ``like`` (a tensor or a number of axes) from the left:
+    ``(N,)`` or ``(N, C)`` weights against ``(N, C, *S)`` maps, whatever the spatial rank.
+
+    >>> expand_like(torch.ones(2, 3), torch.ones(2, 3, 4, 5, 6)).shape
+    torch.Size([2, 3, 1, 1, 1])
+    """
+    ndim = like if isinstance(like, int) else like.ndim
+    return t.reshape(t.shape + (1,) * (ndim - t.ndim))
+
+
 def spatial_mean(t: torch.Tensor) -> torch.Tensor:
     """Mean over the spatial axes: ``(N, C, *S) -> (N, C)``."""
     return reduce(t, "n c ... -> n c", "mean")
@@ -276,12 +287,11 @@ def minmax_normalize(
     lo, hi = spatial_minmax(maps, batch_dims) if minmax is None else minmax
     rng = hi - lo
     constant = constant_maps(lo, hi)
-    shape = (*maps.shape[:batch_dims],) + (1,) * (maps.ndim - batch_dims)
     denom = torch.where(constant, torch.ones_like(rng), rng)
     out = maps if inplace else maps.clone()
-    out.sub_(lo.reshape(shape)).div_(denom.reshape(shape))  # division, not a reciprocal: the maximum is exactly 1
+    out.sub_(expand_like(lo, maps)).div_(expand_like(denom, maps))  # division, not a reciprocal: the maximum is exactly 1
     if bool(constant.any()):
-        out.mul_((~constant).to(out.dtype).reshape(shape))  # constant maps -> exact zeros, never NaN
+        out.mul_(expand_like((~constant).to(out.dtype), maps))  # constant maps -> exact zeros, never NaN
     return out.clamp_(0.0, 1.0)
 
 

@@ -44,6 +44,7 @@ from typing import Any, Union
 import torch
 import torch.nn.functional as F
 
+from . import ops
 from .errors import InputError, InputTypeError
 
 __all__ = [
@@ -192,7 +193,7 @@ class ClassTarget:
             # single-logit binary head: class 1 is the logit, class 0 is its negation
             _check_range(idx, 2, "targets (single-logit binary head)")
             sign = idx.to(logits.dtype) * 2 - 1
-            return logits[:, 0].reshape((-1,) + (1,) * (idx.ndim - 1)) * sign
+            return ops.expand_like(logits[:, 0], idx) * sign
         _check_range(idx, logits.shape[1], "targets")
         if idx.ndim == 1:
             return logits.gather(1, idx[:, None])[:, 0]
@@ -316,7 +317,7 @@ class SegmentationMask:
         _check_range(idx, output.shape[1], "SegmentationMask.category")
         sel = output[torch.arange(output.shape[0], device=output.device), idx]
         if self.mask is None:
-            mask = (output.argmax(1) == idx.reshape((-1,) + (1,) * (output.ndim - 2))).to(output.dtype)
+            mask = (output.argmax(1) == ops.expand_like(idx, output.ndim - 1)).to(output.dtype)
         else:
             mask = self.mask.to(device=output.device, dtype=output.dtype)
         return (sel * mask).reshape(output.shape[0], -1).sum(1)

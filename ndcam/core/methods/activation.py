@@ -136,7 +136,7 @@ class CAM(BaseCAM):
                         f"CAM: class {int(classes.max())} out of range for a classifier with {w.shape[0]} classes")
                 wk = cam_weights(w, classes)
                 if self.eigen_smooth:
-                    maps.append(ops.first_principal_component(wk.reshape(wk.shape + (1,) * (a.ndim - 2)) * a))
+                    maps.append(ops.first_principal_component(ops.expand_like(wk, a.ndim) * a))
                 else:
                     maps.append(ops.weighted_sum(wk, a))
             out.append(torch.stack(maps, dim=1))

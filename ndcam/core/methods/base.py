@@ -325,7 +325,7 @@ class BaseCAM:
     ) -> torch.Tensor:
         """Per-channel contributions ``(N, C, *S)`` whose channel sum is :meth:`layer_map` (used by eigen smoothing)."""
         w = self.weights(activations, gradients, classes)
-        return w.reshape(w.shape + (1,) * (activations.ndim - 2)) * activations
+        return ops.expand_like(w, activations.ndim) * activations
 
     def check_targets(self, targets: TargetSpec) -> None:
         """Method-specific target validation (before any forward pass). Default: methods with

@@ -248,7 +248,7 @@ class DeepFeatureFactorization(BaseCAM):
     def channel_maps(self, activations, gradients, classes):
         w, h, _ = self._factorize(activations)
         wj = torch.einsum("nck,nc->nk", w, ops.spatial_mean(gradients.double()))
-        return (wj.reshape(wj.shape + (1,) * (h.ndim - 2)) * h).to(activations.dtype)
+        return (ops.expand_like(wj, h.ndim) * h).to(activations.dtype)
 
     def concepts(self, x: torch.Tensor, *, upsample: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """Concept maps ``(N, k, *spatial)`` (min-max normalized; at the input's size with ``upsample``) and concept

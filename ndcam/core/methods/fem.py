@@ -29,16 +29,12 @@ from .base import BaseCAM, register
 __all__ = ["fem_masks", "fem_map", "fem_map_pgc", "FEM"]
 
 
-def _bcast(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return t.reshape(t.shape + (1,) * (like.ndim - t.ndim))
-
-
 def fem_masks(activations: torch.Tensor, k: float = 2.0, *, strict: bool = False) -> torch.Tensor:
     r"""Binary k-sigma masks :math:`B_{c,s} = [A_{c,s} \ge \mu_c + k \sigma_c]` ``(N, C, *S)`` (``strict``: ``>``)."""
     flat = activations.reshape(*activations.shape[:2], -1)
     mu = flat.mean(-1)
     sd = flat.std(-1, correction=0)
-    th = _bcast(mu + k * sd, activations)
+    th = ops.expand_like(mu + k * sd, activations)
     return (activations > th if strict else activations >= th).to(activations.dtype)
 
 
@@ -83,5 +79,5 @@ class FEM(BaseCAM):
 
     def channel_maps(self, activations, gradients, classes):
         if self.variant == "paper":
-            return _bcast(ops.spatial_mean(activations), activations) * fem_masks(activations, self.k)
-        return _bcast(ops.spatial_mean(fem_masks(activations, self.k, strict=True)), activations) * activations
+            return ops.expand_like(ops.spatial_mean(activations), activations) * fem_masks(activations, self.k)
+        return ops.expand_like(ops.spatial_mean(fem_masks(activations, self.k, strict=True)), activations) * activations

@@ -40,9 +40,8 @@ def fullgrad_postprocess(t: torch.Tensor, eps: float = FULLGRAD_EPS) -> torch.Te
     """Absolute value, then per-sample min-max over all channels and positions: ``(N, C, *S) -> (N, C, *S)``."""
     t = t.abs()
     flat = t.reshape(t.shape[0], -1)
-    lo = flat.amin(1).reshape((-1,) + (1,) * (t.ndim - 1))
-    t = t - lo
-    hi = t.reshape(t.shape[0], -1).amax(1).reshape((-1,) + (1,) * (t.ndim - 1))
+    t = t - ops.expand_like(flat.amin(1), t)
+    hi = ops.expand_like(t.reshape(t.shape[0], -1).amax(1), t)
     return t / (hi + eps)
 
 
@@ -144,7 +143,7 @@ class FullGrad(BaseCAM):
             for g, b in zip(g_layers, biases):
                 if b is None:
                     continue
-                term = fullgrad_postprocess(g * b.to(g.dtype).reshape((1, -1) + (1,) * (g.ndim - 2))).sum(1)
+                term = fullgrad_postprocess(g * ops.expand_like(b.to(g.dtype)[None], g)).sum(1)
                 total = total + ops.upsample(term, size)
             maps.append(total.detach())
         return [torch.stack(maps, dim=1)]

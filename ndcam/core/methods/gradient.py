@@ -127,8 +127,7 @@ def layercam_scale(maps: torch.Tensor, gamma: float = LAYERCAM_GAMMA, batch_dims
     r"""LayerCAM's scaling of shallow-layer maps, :math:`\tanh(\gamma M / \max M)` per map (a map whose maximum is
     not positive becomes 0).
     """
-    peak = maps.reshape(*maps.shape[:batch_dims], -1).amax(-1)
-    peak = peak.reshape(peak.shape + (1,) * (maps.ndim - batch_dims))
+    peak = ops.expand_like(maps.reshape(*maps.shape[:batch_dims], -1).amax(-1), maps)
     safe = torch.where(peak > 0, peak, torch.ones_like(peak))
     return torch.where(peak > 0, torch.tanh(gamma * maps / safe), torch.zeros_like(maps))
 
@@ -144,7 +143,7 @@ def layercam_fuse(maps: list[torch.Tensor], size: tuple[int, ...], gamma: float 
         if i < len(maps) - 1:
             m = layercam_scale(m, gamma)
         else:
-            peak = m.reshape(n, k, -1).amax(-1).reshape((n, k) + (1,) * (m.ndim - 2))
+            peak = ops.expand_like(m.reshape(n, k, -1).amax(-1), m)
             m = torch.where(peak > 0, m / torch.where(peak > 0, peak, torch.ones_like(peak)), torch.zeros_like(m))
         scaled.append(ops.upsample(m.reshape(n * k, *m.shape[2:]), size).reshape(n, k, *size))
     out = scaled[0]
@@ -194,7 +193,7 @@ class GradCAMPlusPlus(BaseCAM):
 
     def channel_maps(self, activations, gradients, classes):
         w = self.weights(activations, gradients, classes)
-        return w.reshape(w.shape + (1,) * (activations.ndim - 2)) * activations.double()
+        return ops.expand_like(w, activations.ndim) * activations.double()
 
 
 @register("xgradcam", "xgrad-cam")

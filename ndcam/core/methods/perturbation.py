@@ -90,8 +90,7 @@ def unit_masks(maps: torch.Tensor, size) -> torch.Tensor:
     rng = hi - lo
     constant = ops.constant_maps(lo, hi)
     scale = torch.where(constant, torch.zeros_like(rng), 1.0 / torch.where(constant, torch.ones_like(rng), rng))
-    shape = (-1,) + (1,) * (maps.ndim - 1)
-    return ops.upsample((maps - lo.reshape(shape)) * scale.reshape(shape), size)
+    return ops.upsample((maps - ops.expand_like(lo, maps)) * ops.expand_like(scale, maps), size)
 
 
 def _check_batch_size(batch_size: int) -> int:
@@ -158,7 +157,7 @@ class _PerturbationCAM(BaseCAM):
             for k in range(sc.shape[1]):
                 w = self.weights_from(ops.wide(scores[..., k]), ops.wide(sc[:, k])).to(a.dtype)
                 if self.eigen_smooth:
-                    m = ops.first_principal_component(w.reshape(w.shape + (1,) * (a.ndim - 2)) * a)
+                    m = ops.first_principal_component(ops.expand_like(w, a.ndim) * a)
                 else:
                     m = ops.weighted_sum(w, a)
                 maps.append(torch.relu(m) if self.relu else m)

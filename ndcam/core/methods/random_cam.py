@@ -84,7 +84,7 @@ class RandomCAM(SeededMixin, BaseCAM):
             n, c = a.shape[:2]
             w = random_weights(n, c, seed, dtype=a.dtype, device=a.device)
             if self.eigen_smooth:
-                m = ops.first_principal_component(w.reshape(w.shape + (1,) * (a.ndim - 2)) * a)
+                m = ops.first_principal_component(ops.expand_like(w, a.ndim) * a)
             else:
                 m = ops.weighted_sum(w, a)
             m = torch.relu(m) if self.relu else m

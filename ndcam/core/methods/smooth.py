@@ -64,7 +64,7 @@ def smoothgradcampp_weights(activations: torch.Tensor, d1: torch.Tensor, d2: tor
     :math:`D_1, D_2, D_3` (see the module docstring); :math:`\alpha = 0` where :math:`D_2 = 0`.
     """
     sum_a = ops.spatial_sum(activations)
-    sum_a = sum_a.reshape(sum_a.shape + (1,) * (activations.ndim - 2))
+    sum_a = ops.expand_like(sum_a, activations.ndim)
     den = 2 * d2 + sum_a * d3 + eps
     alpha = torch.where(d2 != 0, d2 / torch.where(den == 0, torch.ones_like(den), den), torch.zeros_like(d2))
     return ops.spatial_sum(alpha * torch.relu(d1))
@@ -209,7 +209,7 @@ class SmoothGradCAMpp(SeededMixin, BaseCAM):
         if not self.relative:
             return self.sigma * e
         flat = x.reshape(x.shape[0], -1)
-        rng = (flat.amax(1) - flat.amin(1)).reshape((-1,) + (1,) * (x.ndim - 1))
+        rng = ops.expand_like(flat.amax(1) - flat.amin(1), x)
         return self.sigma * rng * e
 
     def _layer_maps(self, ctx: CallContext) -> list[torch.Tensor]:
@@ -240,7 +240,7 @@ class SmoothGradCAMpp(SeededMixin, BaseCAM):
                 d1, d2, d3 = (t / self.n_samples for t in acc[k])
                 w = smoothgradcampp_weights(a.double(), d1, d2, d3).to(a.dtype)
                 if self.eigen_smooth:
-                    m = ops.first_principal_component(w.reshape(w.shape + (1,) * (a.ndim - 2)) * a)
+                    m = ops.first_principal_component(ops.expand_like(w, a.ndim) * a)
                 else:
                     m = ops.weighted_sum(w, a)
                 maps.append(torch.relu(m))
