@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from torch import nn
@@ -60,6 +62,12 @@ def randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
             m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
             m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.1)
     return model
+
+
+def peer_paths() -> list[str]:
+    """Folders holding optional peer libraries (torch-cam, pytorch-grad-cam, ...) for the agreement tests: the
+    ``os.pathsep``-separated entries of ``NDCAM_PEERS`` (empty when unset), to be put first on ``sys.path``."""
+    return [p for p in os.environ.get("NDCAM_PEERS", "").split(os.pathsep) if p]
 
 
 def make_net(rank: int, seed: int = 0, dtype=torch.float64, cls=Net, **kw) -> nn.Module:

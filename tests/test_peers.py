@@ -3,14 +3,11 @@
 MONAI (``monai.visualize``): Grad-CAM equals ours on every rank once its normalizer -- which maps (min, max) to
 (1, 0), i.e. inverts maps -- is replaced by the identity. MONAI's Grad-CAM++ is *not* the paper's eq. 19 (it sums
 ``A * G^3`` over positions instead of multiplying ``sum A`` by ``G^3``), so it is only checked to differ.
-pytorch-grad-cam (``pytorch_grad_cam``): 2D; same maps for the methods both define. Not compared: Eigen-CAM (they
-leave the principal component's sign to the SVD solver, which inverts some maps; ours fixes it) and FullGrad (theirs
-post-processes differently from the authors' code, which ours follows).
+pytorch-grad-cam (``pytorch_grad_cam``): see tests/test_peers_pgc.py (every method both define, on 1D, 2D and 3D).
 """
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
@@ -43,25 +40,3 @@ def test_monai_gradcampp_is_not_eq19(rank):
     theirs = mv.GradCAMpp(model, target_layers="feat", postprocessing=lambda m: m)(x, class_idx=1)[:, 0]
     theirs = ndcam.ops.minmax_normalize(theirs.float())
     assert not torch.allclose(ours, theirs, atol=1e-3)
-
-
-def _pgc():
-    return pytest.importorskip("pytorch_grad_cam")
-
-
-@pytest.mark.parametrize(
-    "name, atol",
-    [("GradCAM", 1e-5), ("GradCAMPlusPlus", 1e-5), ("XGradCAM", 1e-5), ("HiResCAM", 1e-5), ("GradCAMElementWise", 1e-5),
-     ("LayerCAM", 1e-5), ("AblationCAM", 1e-5), ("ScoreCAM", 5e-3)],
-)
-def test_pytorch_grad_cam_agrees_in_2d(name, atol):
-    pgc = _pgc()
-    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-
-    model, x = make_net(2, dtype=torch.float32), make_input(2, dtype=torch.float32)
-    targets = [0, 3, 1]
-    cam = getattr(pgc, name)(model=model, target_layers=[model.feat])
-    theirs = cam(input_tensor=x, targets=[ClassifierOutputTarget(t) for t in targets])
-    ours = getattr(ndcam, name)(model, "feat")(x, targets)
-    # measured: ~3e-7 for the gradient family and Ablation-CAM; Score-CAM ~4e-4 (their masks use align_corners=True)
-    np.testing.assert_allclose(ours.numpy(), theirs, atol=atol)

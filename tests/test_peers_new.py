@@ -13,13 +13,13 @@ Compared on 2D and 3D (torch-cam upsamples 1D masks with "nearest", ndcam linear
 * Finer-CAM: torch-cam's plain-mean score == ``FinerCAM(weighting="mean")``.
 Not compared (documented differences): Smooth Grad-CAM++ (torch-cam sums ``A * D3`` over positions and uses the
 last noisy gradient), LayerCAM fusion (torch-cam scales every layer, the deepest too), LeGrad (torch-cam needs a
-torchvision-style ``self_attention`` and per-layer score projections). pytorch-grad-cam (FEM, KPCA-CAM, ShapleyCAM,
-Finer-CAM, RandomCAM, DFF) cannot be imported without torchvision, OpenCV and scikit-learn.
+torchvision-style ``self_attention`` and per-layer score projections). pytorch-grad-cam's versions of the issue-10 methods
+(FEM, KPCA-CAM, ShapleyCAM, Finer-CAM, RandomCAM, DFF) are compared in tests/test_peers_pgc.py; ``NDCAM_PEERS`` may
+name several folders, separated by ``os.pathsep``.
 """
 
 from __future__ import annotations
 
-import os
 import sys
 
 import pytest
@@ -27,14 +27,14 @@ import torch
 
 import ndcam
 
-from .conftest import make_input, make_net
+from .conftest import make_input, make_net, peer_paths
 
 
 @pytest.fixture
 def tm(monkeypatch):
-    path = os.environ.get("NDCAM_PEERS")
-    if path and path not in sys.path:
-        monkeypatch.syspath_prepend(path)
+    for path in reversed(peer_paths()):
+        if path not in sys.path:
+            monkeypatch.syspath_prepend(path)
     methods = pytest.importorskip("torchcam.methods")
 
     original = methods.activation.ScoreCAM._upsample

@@ -18,8 +18,8 @@ probability together:
     \mathrm{ReST}_t(z) = z_t + \log \mathrm{softmax}(z)_t = 2 z_t - \log\sum_j e^{z_j}
 
 ndcam's ShapleyCAM explains ReST by default (``target="rest"``; ``"logit"`` for the plain logit); callable targets are
-used as given. pytorch-grad-cam's ``ClassifierOutputReST`` subtracts the cross-entropy *averaged over the batch*,
-which couples the samples of a batch (a sample's score depends on the others); here each sample gets its own.
+used as given. Each sample gets its own score, as with pytorch-grad-cam's ``ClassifierOutputReST`` (1.5.7 scores every
+sample's output alone); the maps of both agree (tests/test_peers_pgc.py).
 The Hessian-vector product needs the graph of the gradient (``create_graph=True``); it is built from the target
 layer on only (the trunk below it still runs without a graph).
 """
