@@ -14,6 +14,12 @@ if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import ndcam, pytest, hyp
     .venv/bin/python -m pip install -q -e ".[dev]"
     # MONAI as an optional oracle for the agreement tests (pure Python; its import needs only torch and numpy)
     .venv/bin/python -m pip install -q --no-deps "monai>=1.3" >/dev/null 2>&1 || echo "[dev.sh] monai not installed: its agreement tests will skip" >&2
+    # pytorch-grad-cam as an optional oracle (tests/test_peers_pgc.py), without its torchvision/torch requirements
+    # (--no-deps: torch stays the CPU build); OpenCV, scikit-learn and ttach are what its map code really uses
+    .venv/bin/python -m pip install -q --no-deps "grad-cam==1.5.7" opencv-python-headless scikit-learn ttach threadpoolctl \
+        joblib cloudpickle narwhals >/dev/null 2>&1 || echo "[dev.sh] pytorch-grad-cam not installed: its agreement tests will skip" >&2
+    # torch-cam likewise (tests/test_peers_new.py); its methods need nothing beyond torch
+    .venv/bin/python -m pip install -q --no-deps "torchcam==0.5.0" >/dev/null 2>&1 || echo "[dev.sh] torch-cam not installed: its agreement tests will skip" >&2
 fi
 cmd=${1:-test}
 shift || true

@@ -1,7 +1,8 @@
 """Agreement of the issue-10 methods with torch-cam where it defines them (skipped when torch-cam is absent).
 
-torch-cam is not a dependency. To run these oracles, unpack its wheel (it needs no torchvision for its methods) and
-point ``NDCAM_PEERS`` at the folder that holds the ``torchcam`` package::
+torch-cam is not a dependency. ``bash dev.sh`` installs it into the test venv with ``--no-deps`` (its methods need
+no torchvision), so CI runs these oracles; elsewhere install it the same way, or unpack its wheel and point
+``NDCAM_PEERS`` at the folder that holds the ``torchcam`` package::
 
     pip download --no-deps torchcam -d /tmp/peers && unzip /tmp/peers/torchcam-*.whl -d /tmp/peers/tc
     NDCAM_PEERS=/tmp/peers/tc pytest tests/test_peers_new.py

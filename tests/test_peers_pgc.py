@@ -1,7 +1,8 @@
 r"""Agreement with pytorch-grad-cam (PyPI ``grad-cam`` 1.5.7, ``import pytorch_grad_cam``), skipped when it is absent.
 
 pytorch-grad-cam is not a dependency. It imports OpenCV, scikit-learn and ttach (real packages, needed) and torchvision
-(replaced here by a stand-in, see :func:`_torchvision_stand_in`). To run these oracles, install them into a folder of
+(replaced here by a stand-in, see :func:`_torchvision_stand_in`). ``bash dev.sh`` installs them into the test venv
+with ``--no-deps`` (so CI runs these oracles). Elsewhere, install them into a folder of
 their own -- ``--no-deps`` so that torch is never touched -- and point ``NDCAM_PEERS`` at it (``os.pathsep``-separated
 folders, e.g. together with torch-cam's for tests/test_peers_new.py)::
 
