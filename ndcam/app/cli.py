@@ -318,7 +318,7 @@ def _explain_parser(sub) -> None:
     g.add_argument("--batch-size", type=int, default=64, help="perturbed inputs per forward (perturbation methods)")
     g = e.add_argument_group("input")
     g.add_argument("--input", required=True, help=".npy/.npz/.pt, images (PNG/JPEG/TIFF), audio (WAV/FLAC), NIfTI "
-                                                   "(.nii/.nii.gz), a folder of DICOM slices, WFDB (.hea)")
+                                                   "(.nii/.nii.gz), DICOM (.dcm file or a folder of slices), WFDB (.hea)")
     g.add_argument("--single", action="store_true", help="the array is one sample (C, *spatial), not a batch")
     g.add_argument("--channels", type=int, metavar="C", help="channels the model expects: images 1 (luma) or 3 (grey repeated); "
                                                 "other inputs: average to 1 or repeat 1")
@@ -345,7 +345,8 @@ def _explain_parser(sub) -> None:
                    help="beat windows crossing the record's edge: skip (default) or zero-pad")
     g.add_argument("--leads", metavar="NAMES", help="leads by name or index, e.g. MLII,V1 or 0,1")
     g = e.add_argument_group("volumes")
-    g.add_argument("--volume-index", type=int, metavar="I", help="4D NIfTI: explain this volume only")
+    g.add_argument("--volume-index", type=int, metavar="I", help="4D NIfTI, or a DICOM file whose frames form several "
+                   "volumes (stacks, time points, ...): explain this volume only")
     g.add_argument("--volumes-as", default="channels", choices=["channels", "batch"],
                    help="4D NIfTI: the 4th axis as channels of one sample (default) or as samples")
     g.add_argument("--max-bytes", type=int, metavar="BYTES", default=2 * 1024**3,

@@ -1,7 +1,8 @@
 """Reading models and inputs from files for the command line, and writing maps back.
 
 Every format is decoded by the library made for it (optional extra ``pip install "ndcam[formats]"``): Pillow
-(:mod:`.images`), soundfile (:mod:`.audio`), nibabel and pydicom (:mod:`.volumes`), wfdb (:mod:`.records`).
+(:mod:`.images`), soundfile (:mod:`.audio`), nibabel (:mod:`.volumes`), pydicom (:mod:`.dicom`), wfdb
+(:mod:`.records`).
 :func:`load_input` gives ``(x, info)`` with ``x`` float32 ``(N, C, *spatial)`` and an :class:`InputInfo` that carries
 what pictures and written maps need (sampling rate, units, axes, affine and header, window offsets).
 
@@ -11,7 +12,8 @@ what pictures and written maps need (sampling rate, units, axes, affine and head
   16-bit / 65535, EXIF orientation applied);
 * WAV/FLAC/OGG audio -> ``(1, channels, samples)`` in ``[-1, 1)``, or a spectrogram ``(1, channels, F, T)``;
 * NIfTI -> ``(1, 1, X, Y, Z)`` as stored (4D: the 4th axis as channels, or one volume, or a batch); a folder of DICOM
-  slices -> ``(1, 1, slices, rows, columns)``;
+  slices, or one DICOM file (enhanced multi-frame, RT Dose grid, or one slice) -> ``(1, 1, slices, rows, columns)``
+  (see :mod:`ndcam.io.dicom`; ``volume_index`` picks one volume of a file that holds several);
 * WFDB records (give the ``.hea`` file) -> ``(1, leads, samples)`` in the record's units;
 * long recordings (WFDB, audio, 2-axis arrays with ``fs``) can be cut into windows (``window``/``stride``) or
   beat-centred windows (``around`` with WFDB ``annotations``) that form the batch.
@@ -33,6 +35,7 @@ from .volumes import DEFAULT_MAX_BYTES
 __all__ = ["InputInfo", "ReadOptions", "load_model", "load_input", "save_maps", "check_pt2", "import_object"]
 
 IMAGE_EXT = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp"}
+DICOM_EXT = {".dcm", ".dicom", ".ima"}
 AUDIO_EXT = {".wav", ".flac", ".ogg", ".aiff", ".aif"}
 
 
@@ -214,14 +217,22 @@ def _source_of(p: Path, name: str) -> str | None:
         return "nifti"
     if name.endswith(".hea"):
         return "wfdb"
+    if p.suffix.lower() in DICOM_EXT or (p.is_file() and _is_dicom(p)):
+        return "dicom"
     return None
+
+
+def _is_dicom(p: Path) -> bool:
+    from .dicom import is_dicom_file
+
+    return is_dicom_file(p)
 
 
 # option -> the sources it applies to (anything else is refused rather than silently ignored)
 _APPLIES = {
     "spectrogram": ("audio",), "resample": ("audio",), "fs": ("array",), "window": ("array", "audio", "wfdb"),
     "stride": ("array", "audio", "wfdb"), "around": ("wfdb",), "annotations": ("wfdb",), "leads": ("wfdb",),
-    "volume_index": ("nifti",), "single": ("array",),
+    "volume_index": ("nifti", "dicom"), "single": ("array",),
 }
 
 
@@ -242,12 +253,18 @@ def _check_applies(source: str | None, opt: ReadOptions, path: str) -> None:
 
 def _read(p: Path, name: str, opt: ReadOptions) -> tuple[np.ndarray, InputInfo]:
     path = str(p)
-    _check_applies(_source_of(p, name), opt, path)
-    if p.is_dir():
-        from .volumes import read_dicom_series
+    source = _source_of(p, name)
+    _check_applies(source, opt, path)
+    if source == "dicom":
+        from .dicom import read_dicom_file, read_dicom_series
 
-        x, facts = read_dicom_series(path, max_bytes=opt.max_bytes)
-        return x, InputInfo("volume", path, "dicom", affine=facts["affine"], zooms=facts["zooms"], extra=facts)
+        read = read_dicom_series if p.is_dir() else read_dicom_file
+        x, facts = read(path, max_bytes=opt.max_bytes, volume_index=opt.volume_index)
+        info = InputInfo("volume", path, "dicom", affine=facts["affine"], zooms=facts["zooms"], extra=facts)
+        if facts.get("volumes", 1) > 1:
+            info.notes.append(f"DICOM file with {facts['volumes']} volumes: explaining volume {opt.volume_index} "
+                              f"({facts['volume']})")
+        return x, info
     if name.endswith((".npy", ".npz", ".pt", ".pth")):
         x = _read_array(p, opt.single)
         info = InputInfo(_kind_for_rank(x.ndim - 2), path, "array", fs=opt.fs)
@@ -306,7 +323,7 @@ def _read(p: Path, name: str, opt: ReadOptions) -> tuple[np.ndarray, InputInfo]:
         info = InputInfo("signal", path, "wfdb", fs=fs, channels=facts["channels"], units=facts["units"])
         return _windows(sig, info, opt, facts), info
     raise InputError(f"unknown input type {p.suffix!r} for {path!r}; give .npy/.npz/.pt arrays, images (PNG/JPEG/TIFF), "
-                     f"audio (WAV/FLAC), NIfTI (.nii/.nii.gz), a folder of DICOM slices or a WFDB header (.hea)")
+                     f"audio (WAV/FLAC), NIfTI (.nii/.nii.gz), DICOM (.dcm, or a folder of slices) or a WFDB header (.hea)")
 
 
 def _prepare(x: np.ndarray, info: InputInfo, opt: ReadOptions) -> np.ndarray:

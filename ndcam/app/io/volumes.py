@@ -1,5 +1,5 @@
-"""Volumes: NIfTI through nibabel (in the file's dtype, size checked before allocation) and DICOM series folders
-through pydicom; maps written back as NIfTI on the input's grid with the input's whole header.
+"""Volumes: NIfTI through nibabel (in the file's dtype, size checked before allocation); maps written back as NIfTI on
+the input's grid with the input's whole header. DICOM (series folders and multi-frame files) is read in :mod:`.dicom`.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import numpy as np
 
 from ...core.errors import InputError
 
-__all__ = ["read_nifti", "read_dicom_series", "write_nifti", "DEFAULT_MAX_BYTES", "human_bytes"]
+__all__ = ["read_nifti", "write_nifti", "DEFAULT_MAX_BYTES", "human_bytes"]
 
 DEFAULT_MAX_BYTES = 2 * 1024**3
 
@@ -130,57 +130,3 @@ def write_nifti(maps: np.ndarray, facts: dict, path: Path) -> None:
         img.header.set_zooms(zooms)
     img.header["cal_min"], img.header["cal_max"] = 0, 0
     nib.save(img, str(path))
-
-
-def read_dicom_series(folder: str, *, max_bytes: int = DEFAULT_MAX_BYTES) -> tuple[np.ndarray, dict]:
-    """Read a folder of DICOM slices into ``(1, 1, S, R, C)`` float32 (slices, rows, columns) with its RAS affine.
-
-    Slices are sorted by ``ImagePositionPatient`` along the slice normal (row x column direction of
-    ``ImageOrientationPatient``); ``RescaleSlope``/``RescaleIntercept`` are applied. The affine maps (slice, row,
-    column) to DICOM's LPS patient space from ``ImagePositionPatient``, ``ImageOrientationPatient`` and
-    ``PixelSpacing``, then flips x and y to RAS as nibabel does.
-    """
-    try:
-        import pydicom
-    except ImportError as err:  # pragma: no cover - optional dependency
-        raise InputError("reading DICOM needs the optional package pydicom (pip install 'ndcam[formats]')") from err
-    files = sorted(p for p in Path(folder).iterdir() if p.is_file())
-    heads = []
-    for p in files:
-        try:
-            ds = pydicom.dcmread(str(p), stop_before_pixels=True)
-        except Exception:  # noqa: BLE001 - not a DICOM file (DICOMDIR, notes): skip it
-            continue
-        if "ImagePositionPatient" in ds and "ImageOrientationPatient" in ds:
-            heads.append((p, ds))
-    if not heads:
-        raise InputError(f"{folder!r} holds no DICOM slices with ImagePositionPatient/ImageOrientationPatient")
-    iop = np.asarray(heads[0][1].ImageOrientationPatient, dtype=np.float64)
-    row_dir, col_dir = iop[:3], iop[3:]
-    normal = np.cross(row_dir, col_dir)
-    series = {str(getattr(ds, "SeriesInstanceUID", "")) for _, ds in heads}
-    if len(series) > 1:
-        raise InputError(f"{folder!r} holds {len(series)} DICOM series; put one series per folder")
-    heads.sort(key=lambda h: float(np.dot(normal, np.asarray(h[1].ImagePositionPatient, dtype=np.float64))))
-    rows, cols = int(heads[0][1].Rows), int(heads[0][1].Columns)
-    _check_size(folder, (len(heads), rows, cols), int(heads[0][1].BitsAllocated) // 8, "DICOM", max_bytes)
-    vol = np.empty((len(heads), rows, cols), dtype=np.float32)
-    for k, (p, _) in enumerate(heads):
-        ds = pydicom.dcmread(str(p))
-        arr = ds.pixel_array.astype(np.float32)
-        slope = float(getattr(ds, "RescaleSlope", 1.0) or 1.0)
-        inter = float(getattr(ds, "RescaleIntercept", 0.0) or 0.0)
-        vol[k] = arr * np.float32(slope) + np.float32(inter)
-    ds0 = heads[0][1]
-    dr, dc = (float(v) for v in ds0.PixelSpacing)  # between rows, between columns
-    ipp0 = np.asarray(ds0.ImagePositionPatient, dtype=np.float64)
-    if len(heads) > 1:
-        step = (np.asarray(heads[-1][1].ImagePositionPatient, dtype=np.float64) - ipp0) / (len(heads) - 1)
-    else:
-        step = normal * float(getattr(ds0, "SliceThickness", 1.0) or 1.0)
-    lps = np.eye(4)
-    lps[:3, 0], lps[:3, 1], lps[:3, 2], lps[:3, 3] = step, col_dir * dr, row_dir * dc, ipp0
-    affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps
-    facts = {"affine": affine, "header": None, "zooms": (float(np.linalg.norm(step)), dr, dc), "t_zoom": None,
-             "dtype": "DICOM"}
-    return vol[None, None], facts
