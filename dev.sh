@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 PY=${PYTHON:-python3}
-if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import ndcam, pytest, hypothesis, zarr, tqdm, soundfile, pydicom, skimage" >/dev/null 2>&1; then
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import ndcam, pytest, hypothesis, zarr, tqdm, soundfile, pydicom, png, skimage" >/dev/null 2>&1; then
     echo "[dev.sh] setting up .venv (first run only)" >&2
     "$PY" -m venv .venv
     .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true

@@ -1,6 +1,9 @@
-"""Images through the command line: the model receives what Pillow says the file holds (scaled to [0, 1])."""
+"""Images through the command line: the model receives what the file holds (scaled to [0, 1]) -- what Pillow decodes,
+and 16-bit colour PNGs at full precision through pypng (written here byte by byte, as Pillow cannot write them)."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -124,3 +127,149 @@ def test_real_photo_from_scikit_image(work):
     got = explain("astro.png")
     np.testing.assert_allclose(got[0].permute(1, 2, 0).numpy(), photo / 255.0, atol=1e-6)
     assert (work / "out" / "sample0.png").stat().st_size > 1000
+
+
+# --- PNGs written byte by byte (Pillow cannot write 16-bit colour): every colour type, filter and interlacing --------
+
+PNG_SIG = b"\x89PNG\r\n\x1a\n"
+ADAM7 = [(0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2)]  # x, y, dx, dy
+PLANES = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    import struct
+    import zlib
+
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+
+def _filtered(rows: np.ndarray, bpp: int) -> bytes:
+    """Scanlines with filter type row % 5 (None, Sub, Up, Average, Paeth) so decoders undo every filter."""
+    out = []
+    prev = np.zeros(rows.shape[1], np.int32)
+    for r, cur in enumerate(rows.astype(np.int32)):
+        left = np.concatenate([np.zeros(bpp, np.int32), cur[:-bpp]])
+        upleft = np.concatenate([np.zeros(bpp, np.int32), prev[:-bpp]])
+        p = left + prev - upleft
+        pa, pb, pc = np.abs(p - left), np.abs(p - prev), np.abs(p - upleft)
+        paeth = np.where((pa <= pb) & (pa <= pc), left, np.where(pb <= pc, prev, upleft))
+        ftype = r % 5
+        pred = [0, left, prev, (left + prev) // 2, paeth][ftype]
+        out.append(bytes([ftype]) + ((cur - pred) % 256).astype(np.uint8).tobytes())
+        prev = cur
+    return b"".join(out)
+
+
+def write_png(path, a, depth, colour_type, *, palette=None, interlace=False, exif=None):
+    """Write ``a`` ((H, W, planes) values, or (H, W) palette indices) as a PNG of ``depth`` bits."""
+    import struct
+    import zlib
+
+    a = np.asarray(a)
+    a = a[..., None] if a.ndim == 2 else a
+    h, w, planes = a.shape
+    assert planes == PLANES[colour_type]
+    bpp = max(1, planes * depth // 8)
+    body = b""
+    for x0, y0, dx, dy in (ADAM7 if interlace else [(0, 0, 1, 1)]):
+        sub = a[y0::dy, x0::dx]
+        if sub.size == 0:
+            continue
+        raw = np.frombuffer(sub.astype(">u2" if depth == 16 else "u1").tobytes(), np.uint8).reshape(sub.shape[0], -1)
+        body += _filtered(raw, bpp)
+    data = PNG_SIG + _chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, depth, colour_type, 0, 0, int(interlace)))
+    if exif is not None:
+        data += _chunk(b"eXIf", exif.tobytes()[6:])  # the TIFF block without Pillow's "Exif\0\0" prefix
+    if palette is not None:
+        data += _chunk(b"PLTE", np.asarray(palette, np.uint8).tobytes())
+    data += _chunk(b"IDAT", zlib.compress(body)) + _chunk(b"IEND", b"")
+    Path(path).write_bytes(data)
+    return path
+
+
+def values(shape, depth, seed=0):
+    g = np.random.default_rng(seed)
+    top = 65535 if depth == 16 else 255
+    a = g.integers(0, top + 1, size=shape)
+    a.flat[0], a.flat[-1] = top, 0
+    if depth == 16:  # values whose low byte matters: 8-bit precision cannot give these back
+        a = (a & ~0xFF) | g.integers(1, 255, size=shape)
+    return a
+
+
+@pytest.fixture()
+def pypng():
+    png = pytest.importorskip("png", reason="pypng (optional) decodes 16-bit colour PNGs")
+    assert hasattr(png, "Reader")
+    return png
+
+
+@pytest.mark.parametrize("colour_type, keep, channels", [(2, slice(0, 3), 3), (6, slice(0, 3), 3), (4, slice(0, 1), 1)],
+                         ids=["RGB16", "RGBA16", "LA16"])
+@pytest.mark.parametrize("interlace", [False, True], ids=["plain", "adam7"])
+def test_sixteen_bit_colour_png_at_full_precision(work, capsys, pypng, colour_type, keep, channels, interlace):
+    a = values((13, 11, PLANES[colour_type]), 16, seed=colour_type)
+    write_png("c16.png", a, 16, colour_type, interlace=interlace)
+    assert Image.open("c16.png").mode in ("RGB", "RGBA")  # what Pillow holds: 8 bits a sample
+    got = explain("c16.png")
+    want = a[..., keep].astype(np.float64) / 65535.0
+    assert got.shape == (1, channels, 13, 11)
+    np.testing.assert_allclose(got[0].permute(1, 2, 0).numpy(), want, rtol=0, atol=1e-7)
+    assert np.abs(got[0].permute(1, 2, 0).numpy() - np.round(want * 255) / 255).max() > 1e-4  # not 8-bit values
+    err = capsys.readouterr().err
+    assert ("alpha channel dropped" in err) == (colour_type != 2)
+
+
+def test_sixteen_bit_colour_png_exif_orientation(work, pypng):
+    a = values((6, 10, 3), 16, seed=3)
+    exif = Image.Exif()
+    for orientation in range(1, 9):
+        exif[0x0112] = orientation
+        write_png(f"o{orientation}.png", a, 16, 2, exif=exif)
+        got = explain(f"o{orientation}.png")[0].permute(1, 2, 0).numpy()
+        # the 8-bit image Pillow makes upright, and the full-precision values moved the same way
+        upright8 = np.asarray(ImageOps.exif_transpose(Image.open(f"o{orientation}.png")).convert("RGB"), np.float64)
+        assert got.shape == upright8.shape, orientation
+        np.testing.assert_array_equal(np.floor(got * 65535.0 + 0.5).astype(np.int64) >> 8, upright8, str(orientation))
+    np.testing.assert_allclose(explain("o6.png")[0].permute(1, 2, 0).numpy(), np.rot90(a, -1) / 65535.0, atol=1e-7)
+
+
+def test_sixteen_bit_colour_png_without_pypng_warns_and_keeps_the_high_byte(work, capsys, monkeypatch):
+    import sys
+
+    from ndcam.app.io import load_input
+    from ndcam.core.errors import PrecisionWarning
+
+    monkeypatch.setitem(sys.modules, "png", None)  # import png -> ImportError
+    rgb16 = values((7, 9, 3), 16, seed=1)
+    la16 = values((7, 9, 2), 16, seed=2)
+    write_png("rgb16.png", rgb16, 16, 2)
+    write_png("la16.png", la16, 16, 4)
+    with pytest.warns(PrecisionWarning, match="pypng"):
+        x, info = load_input("rgb16.png")
+    np.testing.assert_allclose(x[0].permute(1, 2, 0).numpy(), (rgb16 >> 8) / 255.0, atol=1e-7)
+    assert any("8-bit" in n and "pypng" in n for n in info.notes)
+    with pytest.warns(PrecisionWarning):
+        x, info = load_input("la16.png")
+    assert x.shape == (1, 1, 7, 9)  # grey + alpha is one channel, not Pillow's RGBA with the grey repeated
+    np.testing.assert_allclose(x[0, 0].numpy(), (la16[..., 0] >> 8) / 255.0, atol=1e-7)
+    assert cli.main(["explain", "--model", "tests.cli_models:rec2d", "--input", "rgb16.png", "--out", "o"]) == 0
+    assert "pypng" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("depth, colour_type, interlace", [(8, 0, False), (8, 2, False), (8, 6, True), (8, 4, False),
+                                                           (8, 3, False), (8, 3, True), (16, 0, False), (16, 0, True)],
+                         ids=["L8", "RGB8", "RGBA8-adam7", "LA8", "P8", "P8-adam7", "L16", "L16-adam7"])
+def test_other_png_variants_written_byte_by_byte(work, depth, colour_type, interlace):
+    h, w = 9, 14
+    if colour_type == 3:
+        palette = values((16, 3), 8, seed=5)
+        idx = values((h, w), 8, seed=6) % 16
+        write_png("v.png", idx, 8, 3, palette=palette, interlace=interlace)
+        want = palette[idx] / 255.0
+    else:
+        a = values((h, w, PLANES[colour_type]), depth, seed=7)
+        write_png("v.png", a, depth, colour_type, interlace=interlace)
+        want = a[..., :1 if colour_type in (0, 4) else 3] / (65535.0 if depth == 16 else 255.0)
+    got = explain("v.png")
+    np.testing.assert_allclose(got[0].permute(1, 2, 0).numpy(), want, atol=1e-7)

@@ -69,3 +69,9 @@ class ConstantMapWarning(NdcamWarning):
 
 class BatchDependenceWarning(NdcamWarning):
     """The model normalizes with batch statistics, so one sample's map depends on the other samples of the batch."""
+
+
+class PrecisionWarning(NdcamWarning):
+    """An input file was decoded with less precision than it holds (a 16-bit colour PNG read at 8 bits because the
+    optional decoder pypng is not installed: ``pip install pypng`` or ``pip install "ndcam[formats]"``).
+    """

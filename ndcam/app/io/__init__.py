@@ -1,15 +1,15 @@
 """Reading models and inputs from files for the command line, and writing maps back.
 
-Every format is decoded by the library made for it (optional extra ``pip install "ndcam[formats]"``): Pillow
-(:mod:`.images`), soundfile (:mod:`.audio`), nibabel (:mod:`.volumes`), pydicom (:mod:`.dicom`), wfdb
-(:mod:`.records`).
+Every format is decoded by the library made for it (optional extra ``pip install "ndcam[formats]"``): Pillow and,
+for 16-bit colour PNGs, pypng (:mod:`.images`), soundfile (:mod:`.audio`), nibabel (:mod:`.volumes`), pydicom
+(:mod:`.dicom`), wfdb (:mod:`.records`).
 :func:`load_input` gives ``(x, info)`` with ``x`` float32 ``(N, C, *spatial)`` and an :class:`InputInfo` that carries
 what pictures and written maps need (sampling rate, units, axes, affine and header, window offsets).
 
 * ``.npy`` / ``.npz`` (key ``x`` or the only array) / ``.pt`` (a tensor): arrays with 2 axes are one sample
   ``(C, L)``; with 3 or more axes a batch ``(N, C, *spatial)``, unless ``single=True``;
 * images -> ``(1, C, H, W)`` (see :mod:`ndcam.io.images`: palette through the palette, alpha dropped, 8-bit / 255,
-  16-bit / 65535, EXIF orientation applied);
+  16-bit / 65535 (16-bit colour PNGs at full precision through the optional pypng), EXIF orientation applied);
 * WAV/FLAC/OGG audio -> ``(1, channels, samples)`` in ``[-1, 1)``, or a spectrogram ``(1, channels, F, T)``;
 * NIfTI -> ``(1, 1, X, Y, Z)`` as stored (4D: the 4th axis as channels, or one volume, or a batch); a folder of DICOM
   slices, or one DICOM file (enhanced multi-frame, RT Dose grid, or one slice) -> ``(1, 1, slices, rows, columns)``
@@ -281,6 +281,8 @@ def _read(p: Path, name: str, opt: ReadOptions) -> tuple[np.ndarray, InputInfo]:
         info = InputInfo("image", path, "image", extra=facts)
         if facts.get("alpha"):
             info.notes.append(f"{facts['mode']} image: alpha channel dropped (colour values kept as stored)")
+        if facts.get("precision"):
+            info.notes.append(f"{facts['mode']} image read at {facts['precision']}: install pypng for full precision")
         return img[None], info
     if p.suffix.lower() in AUDIO_EXT:
         from .audio import read_audio, resample, spectrogram
