@@ -375,7 +375,8 @@ def test_pydicom_single_slice_file_equals_the_one_slice_folder(work):
 
 
 @pytest.mark.parametrize("name, message", [("examples_ybr_color.dcm", "colour pixels"),
-                                           ("liver_1frame.dcm", "PerFrameFunctionalGroupsSequence has 3 items")])
+                                           ("liver_1frame.dcm", "PerFrameFunctionalGroupsSequence has 3 items"),
+                                           ("JPEG-lossy.dcm", "no ImagePositionPatient/ImageOrientationPatient")])
 def test_pydicom_files_ndcam_cannot_place_are_refused(work, name, message):
     src = bundled(name)
     if src is None:  # pragma: no cover

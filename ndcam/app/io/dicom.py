@@ -394,8 +394,9 @@ def read_dicom_file(path: str, *, max_bytes: int = DEFAULT_MAX_BYTES,
     text, members = volumes[volume_index or 0]
     first = members[0]
     if first.ipp is None or first.iop is None or any(f.ipp is None or f.iop is None for f in members):
-        raise InputError(f"{path!r} ({sop}) has frames without ImagePositionPatient/ImageOrientationPatient (neither "
-                         f"per frame, shared nor at the top level); ndcam reads DICOM images placed in the patient")
+        raise InputError(f"{path!r} ({sop}) has no ImagePositionPatient/ImageOrientationPatient for its frames (per "
+                         f"frame, shared or at the top level); ndcam reads DICOM images placed in the patient (CT, MR, "
+                         f"PET, ...) as volumes -- export a projection or secondary-capture image as an image file")
     spacing = first.spacing if first.spacing is not None else np.ones(2)
     for f in members:
         if f.spacing is not None and np.abs(f.spacing - spacing).max() > 1e-6:
