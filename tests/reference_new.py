@@ -205,7 +205,9 @@ def ref_smoothgradcampp(A, grads, eps=1e-6):
 
 
 def ref_legrad(grads, prefix, grid):
-    """grads: list over layers of (N, H, Q, K) gradients of the score w.r.t. attention probabilities."""
+    """grads: list over layers of (N, H, Q, K) gradients of the score (the model's, or layer l's read-out score
+    s^l for layer l) w.r.t. attention probabilities. Mean over heads and queries of the positive part, prefix keys
+    dropped, keys on the grid, mean over layers (normalization left to the caller)."""
     n = grads[0].shape[0]
     out = np.zeros([n, *grid])
     cells = positions(grid)
@@ -215,6 +217,33 @@ def ref_legrad(grads, prefix, grid):
             for j, cell in enumerate(cells):
                 out[(i, *cell)] += sum(max(g[i, a, b, prefix + j], 0.0) for a in range(h) for b in range(q)) / (h * q)
     return out / len(grads)
+
+
+def ref_layer_norm(v, weight, bias, eps=1e-5):
+    """LayerNorm over the last axis, written out (differentiable torch ops)."""
+    mu = v.mean(-1, keepdim=True)
+    var = ((v - mu) ** 2).mean(-1, keepdim=True)
+    return (v - mu) / torch.sqrt(var + eps) * weight + bias
+
+
+def ref_readout(z, norm, head, pool, norm_first):
+    """LeGrad's read-out of a block's tokens z (N, T, D): the model's final LayerNorm (``norm = (weight, bias)``),
+    the pooling (``"cls"``: token 0, ``"mean"``: all tokens, ``"patch-mean"``: tokens 1:) before or after it, and the
+    linear head (``head = (W, b)``): class scores (N, classes)."""
+    pools = {"cls": lambda t: t[:, 0], "mean": lambda t: t.mean(1), "patch-mean": lambda t: t[:, 1:].mean(1)}
+    h = pools[pool](ref_layer_norm(z, *norm)) if norm_first else ref_layer_norm(pools[pool](z), *norm)
+    return h @ head[0].T + head[1]
+
+
+def ref_layerwise_grads(tokens, attn, readout, score):
+    """Per-layer LeGrad gradients: for each layer l, d s^l / d A^l with s^l = score(readout(Z^l)) summed over the
+    batch (samples are independent), Z^l the tokens after block l and A^l its attention probabilities (both from one
+    forward with autograd). Returns numpy arrays, one per layer."""
+    out = []
+    for z, a in zip(tokens, attn):
+        (g,) = torch.autograd.grad(score(readout(z)).sum(), a, retain_graph=True)
+        out.append(g.detach().numpy())
+    return out
 
 
 def ref_layercam_fusion(maps, size, gamma=2.0):

@@ -285,11 +285,13 @@ def test_legrad_on_attention_probabilities_matches_reference(rank, grid):
     idx = torch.tensor([0, 2])
     grads = torch.autograd.grad(out.gather(1, idx[:, None]).sum(), store)
     expected = RN.ref_legrad([g.detach().numpy() for g in grads], 1, grid)
-    got = ndcam_methods.LeGrad(model, layers, grid=grid, prefix=1)(x, [0, 2], upsample=False, normalize=False)
+    # readout="model": the model's own score differentiated at every layer (the per-layer read-out: test_legrad.py)
+    got = ndcam_methods.LeGrad(model, layers, grid=grid, prefix=1, readout="model")(x, [0, 2], upsample=False,
+                                                                                   normalize=False)
     assert got.shape == (2, *grid)
     _close_raw(got, expected)
     # one layer, normalized, upsampled to the input
-    one = ndcam_methods.LeGrad(model, layers[-1:], grid=grid, prefix=1)(x, [0, 2])
+    one = ndcam_methods.LeGrad(model, layers[-1:], grid=grid, prefix=1, readout="model")(x, [0, 2])
     assert one.shape == (2, *x.shape[2:]) and torch.allclose(one.flatten(1).amax(1), torch.ones(2))
 
 

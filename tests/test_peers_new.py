@@ -12,19 +12,27 @@ Compared on 2D and 3D (torch-cam upsamples 1D masks with "nearest", ndcam linear
 * SS-CAM: with (almost) no noise both reduce to Score-CAM and agree;
 (both once torch-cam's masks are normalized after upsampling, as the Score-CAM paper and ndcam do -- see ``tm``);
 * Finer-CAM: torch-cam's plain-mean score == ``FinerCAM(weighting="mean")``.
+* LeGrad (2D only: torch-cam lays keys on a 2D grid) on a torchvision-style ViT whose ``self_attention`` is an
+  ``nn.MultiheadAttention`` computing its probabilities with an ``nn.Softmax`` module (which ndcam captures; torch-cam
+  replays the attention from the returned per-head weights): torch-cam's default read-out (mean of all tokens, then
+  ``encoder.ln`` and ``heads``) == ``LeGrad(readout=<that callable>)``, and torch-cam given the model's own class-token
+  read-out as ``score_projection`` == ``LeGrad(readout="auto")``.
 Not compared (documented differences): Smooth Grad-CAM++ (torch-cam sums ``A * D3`` over positions and uses the
-last noisy gradient), LayerCAM fusion (torch-cam scales every layer, the deepest too), LeGrad (torch-cam needs a
-torchvision-style ``self_attention`` and per-layer score projections). pytorch-grad-cam's versions of the issue-10 methods
-(FEM, KPCA-CAM, ShapleyCAM, Finer-CAM, RandomCAM, DFF) are compared in tests/test_peers_pgc.py; ``NDCAM_PEERS`` may
-name several folders, separated by ``os.pathsep``.
+last noisy gradient), LayerCAM fusion (torch-cam scales every layer, the deepest too). pytorch-grad-cam's versions of
+the issue-10 methods (FEM, KPCA-CAM, ShapleyCAM, Finer-CAM, RandomCAM, DFF) are compared in tests/test_peers_pgc.py;
+``NDCAM_PEERS`` may name several folders, separated by ``os.pathsep``.
 """
 
 from __future__ import annotations
 
+import math
 import sys
+from collections import OrderedDict
 
 import pytest
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 import ndcam
 
@@ -93,3 +101,79 @@ def test_finercam_mean_weighting_matches_torchcam(tm, rank):
     theirs = _theirs(tm.FinerCAM(model, "feat", input_shape=tuple(x.shape[1:]), gamma=0.6, num_references=3), model,
                      x, targets)
     torch.testing.assert_close(ours.double(), theirs, atol=1e-6 * float(theirs.abs().max()), rtol=1e-5)
+
+
+class _MHA(nn.MultiheadAttention):
+    """Batch-first multi-head self-attention with the probabilities as the output of ``self.softmax``."""
+
+    def __init__(self, dim: int, heads: int):
+        super().__init__(dim, heads, batch_first=True)
+        self.softmax = nn.Softmax(dim=-1)
+
+    def forward(self, query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None,
+                average_attn_weights=True, is_causal=False):
+        n, t, d = query.shape
+        h = self.num_heads
+        q, k, v = (u.reshape(n, t, h, d // h).transpose(1, 2)
+                   for u in F.linear(query, self.in_proj_weight, self.in_proj_bias).chunk(3, -1))
+        p = self.softmax(q @ k.transpose(-1, -2) / math.sqrt(d // h))
+        out = self.out_proj((p @ v).transpose(1, 2).reshape(n, t, d))
+        return out, ((p.mean(1) if average_attn_weights else p) if need_weights else None)
+
+
+class _EncoderBlock(nn.Module):
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.ln_1, self.self_attention = nn.LayerNorm(dim), _MHA(dim, heads)
+        self.ln_2, self.mlp = nn.LayerNorm(dim), nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
+
+    def forward(self, inp):
+        x = self.ln_1(inp)
+        x, _ = self.self_attention(x, x, x, need_weights=False)
+        x = x + inp
+        return x + self.mlp(self.ln_2(x))
+
+
+class _TorchvisionLikeViT(nn.Module):
+    def __init__(self, dim: int = 8, heads: int = 2, depth: int = 3, classes: int = 4):
+        super().__init__()
+        self.conv_proj = nn.Conv2d(1, dim, 2, stride=2)
+        self.class_token = nn.Parameter(torch.randn(1, 1, dim))
+        self.encoder = nn.Module()
+        self.encoder.layers = nn.Sequential(*(_EncoderBlock(dim, heads) for _ in range(depth)))
+        self.encoder.ln = nn.LayerNorm(dim)
+        self.heads = nn.Sequential(OrderedDict(head=nn.Linear(dim, classes)))
+        with torch.no_grad():
+            for m in self.modules():
+                if isinstance(m, nn.LayerNorm):
+                    m.weight.normal_(1.0, 0.3)
+                    m.bias.normal_(0.0, 0.3)
+
+    def forward(self, x):
+        t = self.conv_proj(x).flatten(2).transpose(1, 2)
+        t = torch.cat([self.class_token.expand(len(t), -1, -1), t], 1)
+        return self.heads(self.encoder.ln(self.encoder.layers(t))[:, 0])
+
+
+def test_legrad_matches_torchcam(tm):
+    torch.manual_seed(0)
+    model = _TorchvisionLikeViT().double().eval()
+    x = torch.randn(2, 1, 6, 8, dtype=torch.float64)
+    grid, targets = (3, 4), [3, 1]
+    blocks = [f"encoder.layers.{i}" for i in range(3)]
+    softmaxes = [f"{b}.self_attention.softmax" for b in blocks]
+    # torch-cam's default read-out: the mean of all tokens (class token included), then the final norm and head
+    theirs = _theirs(tm.LeGrad(model, blocks, prefix_tokens=1, grid_shape=grid), model, x, targets)
+    mean = ndcam.LeGrad(model, softmaxes, grid=grid, prefix=1,
+                        readout=lambda z: model.heads(model.encoder.ln(z.mean(1))))
+    ours = mean(x, targets, upsample=False, normalize=False)
+    assert float(theirs.abs().max()) > 0
+    torch.testing.assert_close(ours.double(), theirs, atol=1e-6 * float(theirs.abs().max()), rtol=1e-5)
+    # the model's own read-out (class token), found by ndcam, given to torch-cam as its score projection
+    auto = ndcam.LeGrad(model, softmaxes, grid=grid, prefix=1)
+    assert auto.readout_for(x) == "heads(encoder.ln(tokens)[:, 0])"
+    theirs = _theirs(tm.LeGrad(model, blocks, prefix_tokens=1, grid_shape=grid,
+                               score_projection=lambda t: model.heads(model.encoder.ln(t)[:, 0])), model, x, targets)
+    ours = auto(x, targets, upsample=False, normalize=False)
+    torch.testing.assert_close(ours.double(), theirs, atol=1e-6 * float(theirs.abs().max()), rtol=1e-5)
+    assert not torch.allclose(ours, mean(x, targets, upsample=False, normalize=False))

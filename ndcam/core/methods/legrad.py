@@ -1,17 +1,52 @@
-r"""LeGrad for token models: positive gradients of the target with respect to attention maps (or token outputs),
+r"""LeGrad for token models: positive gradients of a per-layer score with respect to that layer's attention map,
 averaged over heads, queries and layers.
 
 Bousselham et al., "LeGrad: An Explainability Method for Vision Transformers via Feature Formation Sensitivity",
-2024, https://arxiv.org/abs/2404.03214. For each selected layer :math:`l` with post-softmax attention probabilities
-:math:`P^l` ``(N, heads, queries, keys)``,
+2024, https://arxiv.org/abs/2404.03214. LeGrad asks, for every block :math:`l`, how sensitive the score that the
+model's read-out gives to *that block's* tokens is to the block's attention. With :math:`Z^l` ``(N, T, D)`` the tokens
+after block :math:`l`, :math:`\rho` the read-out (the model's final normalization, pooling and head, giving class
+scores), :math:`c` the target class and :math:`A^l` ``(N, heads, queries, keys)`` the block's post-softmax attention
+probabilities,
 
 .. math::
-    E^l_{k} = \frac{1}{H\,Q} \sum_{h,q} \mathrm{ReLU}\Big(\frac{\partial y}{\partial P^l_{h,q,k}}\Big), \qquad
-    M = \frac{1}{L}\sum_l E^l
+    s^l = \rho(Z^l)_c, \qquad
+    E^l_{k} = \frac{1}{H\,Q} \sum_{h=1}^{H}\sum_{q=1}^{Q} \mathrm{ReLU}\Big(\frac{\partial s^l}{\partial A^l_{h,q,k}}\Big),
+    \qquad M = \mathrm{minmax}\Big(\frac{1}{L}\sum_l E^l\Big)
 
 with the prefix keys (class token, registers) dropped and the remaining keys laid out on the patch grid of any rank
-(1D audio/ECG, 2D images, 3D volumes), then min-max normalized. Layers are averaged *before* normalizing (their raw
-maps share one scale), unlike the per-layer normalized mean of the other methods.
+(1D audio/ECG, 2D images, 3D volumes). Layers are averaged *before* normalizing (their raw maps share one scale),
+unlike the per-layer normalized mean of the other methods.
+
+**The read-out** (``readout=``):
+
+* ``"auto"`` (default) on attention layers (given with ``grid=``, i.e. an :class:`AttentionGrid`): ndcam finds the
+  model's own read-out and checks it. The layers must sit in a stack of blocks -- the outermost ``nn.ModuleList`` /
+  ``nn.Sequential`` above them whose children are all of one class (timm's ``blocks``, torchvision's
+  ``encoder.layers``, Hugging Face's ``encoder.layer``), one layer per block; :math:`Z^l` is the output of the block
+  holding layer :math:`l`. During the explained forward pass ndcam records the modules that run after the last block
+  (``norm``, ``fc_norm``, ``head``, ...) and accepts them as :math:`\rho` only if they form one chain from the last
+  block's tokens to the model's class scores, with at most one pooling step between modules -- the class token, the
+  mean of all tokens or the mean of the tokens after the ``prefix`` -- identified by its values. The chain re-applied
+  to the last block's tokens must give the model's output, so :math:`s^L` *is* the model's own score and the last
+  block's map is the same as with ``readout="model"``. Anything else -- several poolings fitting the values (all
+  tokens equal, e.g. a constant input), a module after the blocks that is not on the chain, an output changed without
+  a module, no stack -- is refused with an :class:`~ndcam.LayerError` naming what did not fit: ndcam never applies a
+  read-out it has not checked. :meth:`LeGrad.readout_for` shows the one found, e.g. ``head(norm(tokens)[:, 0])``.
+
+  On any other layer ``"auto"`` uses the model's own score, as ``"model"``: a CNN feature map has no tokens, and a
+  block's *own* tokens read out through the head give a gradient that does not depend on where the token is (a
+  class-token read-out depends on the class token only -- zero at every patch; a mean pooled before the final norm
+  gives the same gradient at every token), so the map would be empty or constant.
+* a module or callable ``tokens (N, T, D) -> class scores (N, classes)``: the read-out, applied to the tokens after
+  each layer's block (a layer that is itself a block, or outside any stack, is read out from its own output). The
+  authors' code (and torch-cam) pools by the mean of *all* tokens, class token included, before the final norm, also
+  for models whose head reads the class token: ``readout=lambda z: model.head(model.norm(z.mean(1)))``.
+* ``"model"``: the model's own final score for every layer (ndcam's behaviour before the read-out existed). The
+  gradient at an intermediate layer then also flows through the later blocks; both agree for the last block.
+
+Targets given as classes pick the class from the read-out's scores; a callable target receives the read-out's class
+scores ``(N, classes)`` (a tensor, whatever the model's output structure) and must give as many scores per sample as
+on the model's output.
 
 How ndcam reaches the attention probabilities: pass as ``layers`` the modules whose output *is* the attention
 probabilities -- e.g. an ``nn.Softmax`` (or dropout) module inside each attention block -- and ``grid=``/``prefix=``;
@@ -19,12 +54,8 @@ probabilities -- e.g. an ``nn.Softmax`` (or dropout) module inside each attentio
 *grid)``, so "channels" are (head, query) pairs and the map is the channel mean of the positive gradient
 (:func:`legrad_map`). ``torch.nn.MultiheadAttention`` does not expose its probabilities as a module output; there,
 capture the blocks' token outputs with ``reshape=ndcam.TokenGrid(grid, prefix=...)`` instead: the same formula then
-averages the positive gradient over the embedding channels.
-
-Differences from the paper and torch-cam's ``LeGrad`` (2D torchvision ViTs, attention hooked inside
-``nn.MultiheadAttention``): they differentiate, for each layer, the score that the model's head gives to *that
-layer's* tokens (the "feature formation" read-out); ndcam differentiates the model's own target score for every
-layer (the gradient then includes the downstream blocks). The two agree for the last layer.
+averages the positive gradient of the model's score with respect to the block's tokens over the embedding channels
+(not the paper's per-layer read-out, see above).
 
 LeGrad reads gradients only. On a CNN's last feature map before global average pooling the gradient of a class score
 is the same at every position, so the map is constant (all-zero once normalized): use it on attention or token layers.
@@ -32,16 +63,28 @@ is the same at every position, so the map is constant (all-zero once normalized)
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import math
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Union
 
 import torch
 from torch import nn
 
-from ..errors import InputError, LayerError
-from .base import BaseCAM, range_and_normalize, register
+from ..errors import InputError, InputTypeError, LayerError, NdcamError
+from ..layers import TokenGrid
+from ..targets import logits_of
+from .base import BaseCAM, CallContext, range_and_normalize, register
 
 __all__ = ["AttentionGrid", "legrad_map", "LeGrad"]
+
+#: what ``readout=`` accepts
+Readout = Union[str, Callable[[torch.Tensor], torch.Tensor]]
+
+_STATE = "legrad.recorder"
 
 
 class AttentionGrid:
@@ -86,28 +129,382 @@ def legrad_map(gradients: torch.Tensor) -> torch.Tensor:
     return torch.relu(gradients).mean(dim=1)
 
 
+# -- where each layer's tokens come from (static: names only, before any forward) ----------------------------------
+@dataclass
+class _Plan:
+    """The block stack around the target layers: ``block_of[layer] = block`` (a layer outside any stack is its own
+    block), the modules whose calls after the last block may form the read-out (``tail``), the blocks to hook.
+    """
+
+    stack: str | None
+    block_of: dict[str, str]
+    blocks: list[tuple[str, nn.Module]]
+    tail: list[tuple[str, nn.Module]]
+    layers: set[str]
+
+
+def _ancestors(name: str) -> list[str]:
+    """Proper ancestors of a dotted module name, outermost first (``""`` is the model)."""
+    parts = name.split(".") if name else []
+    return [".".join(parts[:i]) for i in range(len(parts))]
+
+
+def _is_stack(module: nn.Module) -> bool:
+    kinds = {type(c) for c in module.children()}
+    return isinstance(module, (nn.ModuleList, nn.Sequential)) and len(kinds) == 1
+
+
+def _plan(model: nn.Module, layers: list[tuple[str, nn.Module]], attention: bool) -> _Plan:
+    names = list(dict.fromkeys(n for n, _ in layers))
+    stacks = {}
+    for name in names:
+        stack = next((a for a in _ancestors(name) if _is_stack(model.get_submodule(a))), None)
+        if stack is None and attention:
+            raise LayerError(
+                f"LeGrad: the attention layer {name!r} is not inside a stack of blocks (an nn.ModuleList or "
+                f"nn.Sequential whose children are all of one class), so the block whose tokens are read out for it "
+                f"cannot be found; pass the attention modules of the model's blocks, or readout='model' to "
+                f"differentiate the model's own score at every layer"
+            )
+        stacks[name] = stack
+    found = set(stacks.values())
+    if len(found) > 1:
+        where = ", ".join(f"{n!r} in {'no stack' if s is None else repr(s or '<model>')}" for n, s in stacks.items())
+        raise LayerError(
+            f"LeGrad(readout='auto'): the target layers are not in one stack of blocks ({where}); LeGrad reads each "
+            f"block's tokens out through the model's head, so pass layers of one stack (one per block), or "
+            f"readout='model' to differentiate the model's own score at every layer"
+        )
+    (stack,) = found
+    if stack is None:
+        block_of = {n: n for n in names}
+    else:
+        depth = len(stack.split(".")) if stack else 0
+        block_of = {n: ".".join(n.split(".")[: depth + 1]) for n in names}
+    shared: dict[str, list[str]] = {}
+    for n, b in block_of.items():
+        shared.setdefault(b, []).append(n)
+    doubled = {b: ns for b, ns in shared.items() if len(ns) > 1}
+    if doubled:
+        b, ns = next(iter(doubled.items()))
+        raise LayerError(
+            f"LeGrad: layers {ns} are in one block {b!r}; LeGrad reads one score per block, from the block's tokens, "
+            f"so give one layer per block (e.g. the attention probabilities of each block)"
+        )
+    if stack is None:
+        blocks = [(n, model.get_submodule(n)) for n in names]
+    else:
+        container = model.get_submodule(stack)
+        blocks = [(f"{stack}.{c}" if stack else c, m) for c, m in container.named_children()]
+    roots = [b for b, _ in blocks] if stack is None else [stack]
+    inside = tuple(r + "." for r in roots if r)
+    above = {a for r in roots for a in _ancestors(r)} | set(roots)
+    tail = [(n, m) for n, m in model.named_modules()
+            if n not in above and not (inside and n.startswith(inside)) and not any(n == r for r in roots)]
+    return _Plan(stack, block_of, blocks, tail, set(names))
+
+
+# -- what the explained forward records (per call, in ctx.state) -----------------------------------------------------
+@dataclass
+class _Call:
+    """One outermost call of a module after the last block: its single tensor input and tensor output (copies), or
+    why it cannot be re-applied.
+    """
+
+    name: str
+    module: nn.Module
+    inp: torch.Tensor | None
+    out: torch.Tensor | None
+    problem: str = ""
+
+
+def _first_tensor(value: Any) -> torch.Tensor | None:
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, (tuple, list)) and value and isinstance(value[0], torch.Tensor):
+        return value[0]
+    return None
+
+
+@dataclass
+class _Recorder:
+    plan: _Plan
+    recording: bool = True
+    depth: int = 0
+    last: torch.Tensor | None = None
+    last_block: str = ""
+    tail: list[_Call] = field(default_factory=list)
+    block_out: dict[str, list[torch.Tensor]] = field(default_factory=dict)
+    handles: list = field(default_factory=list)
+
+    def attach(self) -> None:
+        for name, module in self.plan.blocks:
+            self.handles.append(module.register_forward_hook(self._block_hook(name)))
+        for name, module in self.plan.tail:
+            self.handles.append(module.register_forward_pre_hook(self._enter, with_kwargs=True))
+            self.handles.append(module.register_forward_hook(self._exit_hook(name), with_kwargs=True))
+
+    def detach(self) -> None:
+        self.recording = False
+        for h in self.handles:
+            h.remove()
+        self.handles.clear()
+
+    def _block_hook(self, name: str):
+        wanted = name in set(self.plan.block_of.values()) and name not in self.plan.layers
+
+        def hook(module: nn.Module, args: Any, output: Any) -> Any:
+            if not self.recording:
+                return None
+            t = _first_tensor(output)
+            self.tail.clear()  # only what runs after the *last* block can be the read-out
+            self.last, self.last_block = t, name
+            if wanted and t is not None:
+                self.block_out.setdefault(name, []).append(t)
+            if name not in self.plan.layers and isinstance(output, torch.Tensor):
+                return output.clone()  # later in-place operations touch the copy, never the recorded tokens
+            return None  # a target layer: Capture hands a copy on
+
+        return hook
+
+    def _enter(self, module: nn.Module, args: Any, kwargs: Any) -> None:
+        if self.recording:
+            self.depth += 1
+
+    def _exit_hook(self, name: str):
+        def hook(module: nn.Module, args: Any, kwargs: Any, output: Any) -> None:
+            if not self.recording:
+                return
+            self.depth -= 1
+            if self.depth or self.last is None:
+                return
+            tensors = [a for a in args if isinstance(a, torch.Tensor)] + [v for v in kwargs.values()
+                                                                         if isinstance(v, torch.Tensor)]
+            problem = ""
+            if len(args) != 1 or not isinstance(args[0], torch.Tensor) or len(tensors) != 1:
+                problem = "it does not take one tensor"
+            elif not isinstance(output, torch.Tensor):
+                problem = f"it returns {type(output).__name__}, not a tensor"
+            copy_ = lambda t: t.detach().clone() if isinstance(t, torch.Tensor) else None  # noqa: E731
+            self.tail.append(_Call(name, module, copy_(args[0]) if args else None, copy_(output), problem))
+
+        return hook
+
+
+# -- the read-out found by readout="auto" ------------------------------------------------------------------------
+def _tolerance(dtype: torch.dtype) -> float:
+    return {torch.float64: 1e-9, torch.float32: 1e-5}.get(dtype, 1e-2)
+
+
+def _close(a: torch.Tensor | None, b: torch.Tensor | None) -> bool:
+    if a is None or b is None or a.shape != b.shape:
+        return False
+    if a is b or torch.equal(a, b):
+        return True
+    a, b = a.detach().double(), b.detach().double()
+    tol = _tolerance(a.dtype if a.dtype == b.dtype else torch.float32)
+    return bool(torch.allclose(a, b, rtol=tol, atol=tol * float(b.abs().max())))
+
+
+@dataclass(frozen=True)
+class _Pool:
+    """A pooling of tokens ``(N, T, D) -> (N, D)`` between two modules of the read-out."""
+
+    kind: str  # "class token" | "mean" | "mean after prefix"
+    prefix: int = 0
+
+    def __call__(self, t: torch.Tensor) -> torch.Tensor:
+        if self.kind == "class token":
+            return t[:, 0]
+        return t[:, self.prefix :].mean(dim=1)
+
+    def text(self, inner: str) -> str:
+        if self.kind == "class token":
+            return f"{inner}[:, 0]"
+        return f"{inner}[:, {self.prefix}:].mean(1)" if self.prefix else f"{inner}.mean(1)"
+
+
+def _pools(prefix: int, tokens: int) -> list[_Pool]:
+    pools = [_Pool("class token"), _Pool("mean")]
+    if 0 < prefix < tokens:
+        pools.append(_Pool("mean after prefix", prefix))
+    return pools
+
+
+class _ModelReadout:
+    """``tokens -> class scores`` by the model's own modules after its blocks (found and checked by ``"auto"``)."""
+
+    def __init__(self, steps: list[tuple[str, nn.Module]], pool: _Pool | None, pool_at: int) -> None:
+        self.steps, self.pool, self.pool_at = steps, pool, pool_at
+
+    def __call__(self, z: torch.Tensor) -> torch.Tensor:
+        for i, (_, m) in enumerate(self.steps):
+            if i == self.pool_at and self.pool is not None:
+                z = self.pool(z)
+            z = m(z)
+        if self.pool_at == len(self.steps) and self.pool is not None:
+            z = self.pool(z)
+        return z
+
+    def __repr__(self) -> str:
+        text = "tokens"
+        for i, (name, _) in enumerate(self.steps):
+            if i == self.pool_at and self.pool is not None:
+                text = self.pool.text(text)
+            text = f"{name}({text})"
+        if self.pool_at == len(self.steps) and self.pool is not None:
+            text = self.pool.text(text)
+        return text
+
+
+def _refuse_auto(why: str) -> LayerError:
+    return LayerError(
+        f"LeGrad(readout='auto') could not identify the model's read-out: {why}. Pass readout= (a module or callable "
+        f"mapping a block's tokens (N, T, D) to class scores (N, classes), e.g. lambda z: model.head(model.norm(z)"
+        f"[:, 0])), or readout='model' to differentiate the model's own score at every layer"
+    )
+
+
+def _match_pool(tokens: torch.Tensor, pooled: torch.Tensor, prefix: int, where: str) -> _Pool:
+    fits = [p for p in _pools(prefix, tokens.shape[1]) if _close(p(tokens), pooled)]
+    if not fits:
+        raise _refuse_auto(
+            f"{where} receives (N, {pooled.shape[-1]}) values that are neither the class token nor a mean of the "
+            f"tokens before it"
+        )
+    if len(fits) > 1:
+        raise _refuse_auto(
+            f"{where} receives values that several poolings of the tokens give on this input "
+            f"({', '.join(p.text('tokens') for p in fits)}: e.g. all tokens equal, a constant input), so which one the "
+            f"model uses is ambiguous"
+        )
+    return fits[0]
+
+
+def _discover(rec: _Recorder, output: Any, prefix: int) -> _ModelReadout:
+    """The chain of modules after the last block, checked against the recorded values and the model's output."""
+    z = rec.last
+    stack = rec.plan.stack
+    after = f"after the last block {rec.last_block!r}" + ("" if stack is None else f" of the stack {stack or '<model>'!r}")
+    if z is None or z.ndim != 3:
+        got = "no tensor" if z is None else f"shape {tuple(z.shape)}"
+        raise _refuse_auto(f"the last block {rec.last_block!r} gives {got}, not tokens (N, T, D)")
+    try:
+        logits = logits_of(output)
+    except InputTypeError as err:
+        raise _refuse_auto(f"the model's class scores cannot be read from its output ({err})") from None
+    if logits.ndim == 1:
+        logits = logits[:, None]
+    cur: torch.Tensor = z.detach()
+    steps: list[tuple[str, nn.Module]] = []
+    pool: _Pool | None = None
+    pool_at = -1
+    for i, call in enumerate(rec.tail):
+        if call.problem:
+            raise _refuse_auto(f"{call.name!r} runs {after} but {call.problem}")
+        assert call.inp is not None and call.out is not None
+        if not _close(call.inp, cur):
+            if pool is None and cur.ndim == 3 and call.inp.ndim == 2:
+                pool, pool_at = _match_pool(cur, call.inp, prefix, f"{call.name!r}"), i
+            else:
+                prev = f"the output of {steps[-1][0]!r}" if steps else "the last block's tokens"
+                raise _refuse_auto(
+                    f"{call.name!r} runs {after} but its input {tuple(call.inp.shape)} is not {prev} (nor a pooling "
+                    f"of them): the modules after the blocks do not form one chain from the tokens to the class scores"
+                )
+        steps.append((call.name, call.module))
+        cur = call.out
+    if not _close(cur, logits):
+        if pool is None and cur.ndim == 3 and logits.ndim == 2 and cur.shape[-1] == logits.shape[-1]:
+            pool, pool_at = _match_pool(cur, logits, prefix, "the model's output"), len(steps)
+        else:
+            last = f"the output of {steps[-1][0]!r}" if steps else f"the tokens of {rec.last_block!r}"
+            raise _refuse_auto(
+                f"the model's class scores {tuple(logits.shape)} are not {last} {tuple(cur.shape)} (an operation "
+                f"without a module, e.g. a scaling or a second head, comes after it)"
+            )
+    readout = _ModelReadout(steps, pool, pool_at)
+    with torch.no_grad():
+        again = readout(z.detach())
+    if not _close(again, logits):
+        raise _refuse_auto(f"re-applying {readout!r} to the last block's tokens does not give the model's output")
+    return readout
+
+
+# -- the method ---------------------------------------------------------------------------------------------------
 @register("legrad")
 class LeGrad(BaseCAM):
-    """LeGrad (see the module docstring).
+    """LeGrad (see the module docstring for the formula and the read-out).
 
     Args:
         model: a token model.
-        layers: attention-probability modules (with ``grid=``) or blocks with token outputs (with
+        layers: attention-probability modules, one per block (with ``grid=``), or blocks with token outputs (with
             ``reshape=ndcam.TokenGrid(...)``); several layers are averaged.
         grid: patch grid of the keys; builds ``reshape=AttentionGrid(grid, prefix)`` (omit it when passing
             ``reshape=`` yourself).
         prefix: leading non-patch keys (class token, registers) dropped with ``grid``.
+        readout: how each block's tokens become class scores: ``"auto"`` (for attention layers given with
+            ``grid=``: the model's own final norm, pooling and head, found and checked, refused with a
+            :class:`~ndcam.LayerError` when they cannot be identified; for other layers: the model's own score), a
+            module or callable ``tokens (N, T, D) -> scores (N, classes)``, or ``"model"`` (the model's own final
+            score for every layer).
+
+    Raises:
+        InputError / InputTypeError: ``readout`` is none of these (at construction).
+
+    Example:
+        >>> import torch, ndcam
+        >>> from torch import nn
+        >>> class Block(nn.Module):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.qk, self.softmax, self.mlp = nn.Linear(8, 16), nn.Softmax(-1), nn.Linear(8, 8)
+        ...     def forward(self, t):
+        ...         q, k = self.qk(t).chunk(2, -1)
+        ...         t = t + self.softmax(q @ k.transpose(1, 2)) @ t
+        ...         return t + self.mlp(t)
+        >>> class ViT(nn.Module):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.embed, self.cls = nn.Conv1d(1, 8, 4, stride=4), nn.Parameter(torch.zeros(1, 1, 8))
+        ...         self.blocks = nn.Sequential(Block(), Block())
+        ...         self.norm, self.head = nn.LayerNorm(8), nn.Linear(8, 3)
+        ...     def forward(self, x):
+        ...         t = self.embed(x).transpose(1, 2)
+        ...         t = self.blocks(torch.cat([self.cls.expand(len(t), -1, -1), t], 1))
+        ...         return self.head(self.norm(t)[:, 0])
+        >>> cam = ndcam.LeGrad(ViT(), ["blocks.0.softmax", "blocks.1.softmax"], grid=(16,), prefix=1)
+        >>> cam(torch.randn(2, 1, 64)).shape
+        torch.Size([2, 64])
+        >>> cam.readout_for(torch.randn(2, 1, 64))
+        'head(norm(tokens)[:, 0])'
 
     Bousselham et al., "LeGrad", 2024, https://arxiv.org/abs/2404.03214.
     """
 
     def __init__(self, model: nn.Module, layers=None, *, grid: Sequence[int] | None = None, prefix: int = 0,
-                 **options) -> None:
+                 readout: Readout = "auto", **options) -> None:
+        if isinstance(readout, str):
+            if readout not in ("auto", "model"):
+                raise InputError(
+                    f"LeGrad: readout must be 'auto', 'model' or a callable tokens (N, T, D) -> class scores "
+                    f"(N, classes), got {readout!r}"
+                )
+        elif not callable(readout):
+            raise InputTypeError(
+                f"LeGrad: readout must be 'auto', 'model' or a module/callable tokens (N, T, D) -> class scores "
+                f"(N, classes), got {type(readout).__name__}"
+            )
         if grid is not None:
             if options.get("reshape") is not None:
                 raise InputError("LeGrad: pass either grid= (attention probabilities) or reshape=, not both")
             options["reshape"] = AttentionGrid(grid, prefix)
         super().__init__(model, layers, **options)
+        self.readout = readout
+
+    def __repr__(self) -> str:
+        base = super().__repr__()[:-1]
+        return f"{base}, readout={self.readout if isinstance(self.readout, str) else repr(self.readout)})"
 
     def layer_map(self, activations, gradients, classes):
         return legrad_map(gradients)
@@ -120,4 +517,133 @@ class LeGrad(BaseCAM):
         mean, _, _ = super()._fuse(maps, x, upsample, False)
         return range_and_normalize(mean, 2, normalize)
 
+    # -- per-layer read-out -------------------------------------------------------------------------------------
+    def _layerwise(self, ctx: CallContext) -> bool:
+        """Whether this call reads a score out of every block (else: the model's own score, ``"model"``)."""
+        if isinstance(self.readout, str):
+            return self.readout == "auto" and isinstance(ctx.reshape, AttentionGrid)
+        return True
 
+    def _forward_context(self, ctx: CallContext) -> contextlib.AbstractContextManager:
+        if not self._layerwise(ctx):
+            return contextlib.nullcontext()
+        plan = _plan(self.model, ctx.layers, isinstance(ctx.reshape, AttentionGrid))  # refused before the forward
+        return self._recording(ctx, plan)
+
+    @contextlib.contextmanager
+    def _recording(self, ctx: CallContext, plan: _Plan) -> Iterator[None]:
+        rec = _Recorder(plan)
+        try:
+            rec.attach()
+            ctx.state[_STATE] = rec
+            yield
+        finally:
+            rec.detach()
+            ctx.state.pop(_STATE, None)
+
+    def _readout(self, ctx: CallContext, rec: _Recorder) -> Callable[[torch.Tensor], torch.Tensor]:
+        if callable(self.readout):
+            return self.readout
+        prefix = ctx.reshape.prefix if isinstance(ctx.reshape, (AttentionGrid, TokenGrid)) else 0
+        readout = _discover(rec, ctx.output, prefix)
+        assert rec.last is not None and ctx.scores is not None
+        again = self._scores_of(ctx, readout, rec.last.detach(), rec.last_block)
+        if not _close(again, ctx.scores.detach()):
+            raise InputError(
+                "LeGrad: the target callable gives other scores on the read-out's class scores (N, classes) than on "
+                "the model's output, although they are the same values; with a per-layer read-out a callable target "
+                "receives the class-score tensor: write it for that tensor (or pass class indices)"
+            )
+        return readout
+
+    def _scores_of(self, ctx: CallContext, readout: Callable, z: torch.Tensor, block: str) -> torch.Tensor:
+        """``(N, K)`` target scores of the read-out of one block's tokens."""
+        try:
+            out = readout(z)
+        except NdcamError:
+            raise
+        except Exception as err:  # the read-out is the user's code or the model's modules on other tokens
+            raise InputError(f"LeGrad: the read-out failed on the tokens of {block!r} {tuple(z.shape)}: "
+                             f"{type(err).__name__}: {err}") from err
+        n = ctx.n
+        if not isinstance(out, torch.Tensor) or not out.is_floating_point() or out.ndim not in (1, 2) or \
+                out.shape[0] != n:
+            got = f"shape {tuple(out.shape)} {out.dtype}" if isinstance(out, torch.Tensor) else type(out).__name__
+            raise InputError(f"LeGrad: the read-out must map tokens (N, T, D) to floating class scores (N, classes) "
+                             f"with N={n}; on the tokens of {block!r} it gave {got}")
+        try:
+            s = ctx.score_fn(out)
+        except NdcamError:
+            raise
+        except Exception as err:
+            raise InputError(f"LeGrad: the target callable failed on the read-out's class scores {tuple(out.shape)} "
+                             f"(a per-layer read-out hands it that tensor, not the model's output): "
+                             f"{type(err).__name__}: {err}") from err
+        s = self._check_scores(s, n)
+        s = s if s.ndim == 2 else s[:, None]
+        assert ctx.scores is not None
+        if s.shape[1] != ctx.scores.shape[1]:
+            raise InputError(f"LeGrad: the targets give {s.shape[1]} score(s) per sample on the read-out of "
+                             f"{block!r} but {ctx.scores.shape[1]} on the model's output; they must give the same K")
+        return s
+
+    def _layer_maps(self, ctx: CallContext) -> list[torch.Tensor]:
+        rec = ctx.state.get(_STATE)
+        if rec is None:
+            return super()._layer_maps(ctx)
+        rec.detach()  # the forward is over: re-applying the read-out must not record
+        cap, sc, class_idx = ctx.cap, ctx.scores, ctx.class_idx
+        assert cap is not None and sc is not None
+        readout = self._readout(ctx, rec)
+        if "readout" in ctx.saved:
+            ctx.saved["readout"].append(repr(readout))
+        acts, raws = cap.activations, cap.outputs_with_graph
+        seen: dict[str, int] = {}
+        per_layer = []
+        with torch.enable_grad():
+            for name, raw, a in zip(cap.names, raws, acts):
+                j = seen[name] = seen.get(name, -1) + 1
+                block = rec.plan.block_of[name]
+                calls = rec.block_out.get(block, [])
+                if block == name:
+                    z = raw
+                elif j < len(calls):
+                    z = calls[j]
+                else:
+                    raise LayerError(f"LeGrad: layer {name!r} ran {j + 1} time(s) but its block {block!r} "
+                                     f"{len(calls)}; a layer and its block must run together")
+                s = self._scores_of(ctx, readout, z, block)
+                if not s.requires_grad:
+                    raise LayerError(f"LeGrad: the read-out of block {block!r} does not depend on layer {name!r} "
+                                     f"(no gradient path from the block's tokens to the layer)")
+                maps = []
+                for k in range(s.shape[1]):
+                    (g,) = torch.autograd.grad(s[:, k].sum(), raw, retain_graph=True, allow_unused=True)
+                    if g is None:
+                        raise LayerError(f"LeGrad: the read-out of block {block!r} does not depend on layer "
+                                         f"{name!r} (no gradient path from the block's tokens to the layer)")
+                    if ctx.reshape is not None:
+                        g = ctx.reshape(g)
+                    cls_k = None if class_idx is None else (class_idx[:, k] if class_idx.ndim == 2 else class_idx)
+                    maps.append(self._one(a, g, cls_k))
+                    del g
+                per_layer.append(torch.stack(maps, dim=1))
+        return per_layer
+
+    # -- inspection -----------------------------------------------------------------------------------------------
+    def readout_for(self, x: torch.Tensor, *, forward_args: tuple = (),
+                    forward_kwargs: Mapping[str, Any] | None = None) -> str:
+        """The read-out this instance applies to each block's tokens for ``x``, as text: with ``"auto"`` the
+        modules found, e.g. ``'head(norm(tokens)[:, 0])'`` or ``'head(fc_norm(tokens[:, 1:].mean(1)))'``;
+        ``'model output'`` where the model's own score is used; the callable's ``repr`` otherwise.
+
+        Runs one explanation of ``x`` (top-1 classes); raises what that call raises (e.g. the
+        :class:`~ndcam.LayerError` of a read-out that cannot be identified).
+        """
+        probe = copy.copy(self)
+        probe.per_sample, probe.aug_smooth, probe.eigen_smooth = False, False, False
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            _, saved = probe._explain(x, None, upsample=False, normalize=False, forward_args=forward_args,
+                                      forward_kwargs=forward_kwargs, save=("readout",))
+        return saved["readout"][0] if saved["readout"] else "model output"
