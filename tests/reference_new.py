@@ -226,11 +226,19 @@ def ref_layer_norm(v, weight, bias, eps=1e-5):
     return (v - mu) / torch.sqrt(var + eps) * weight + bias
 
 
-def ref_readout(z, norm, head, pool, norm_first):
+def ref_readout(z, norm, head, pool, norm_first, query=None):
     """LeGrad's read-out of a block's tokens z (N, T, D): the model's final LayerNorm (``norm = (weight, bias)``),
-    the pooling (``"cls"``: token 0, ``"mean"``: all tokens, ``"patch-mean"``: tokens 1:) before or after it, and the
-    linear head (``head = (W, b)``): class scores (N, classes)."""
-    pools = {"cls": lambda t: t[:, 0], "mean": lambda t: t.mean(1), "patch-mean": lambda t: t[:, 1:].mean(1)}
+    the pooling (``"cls"``: token 0, ``"mean"``: all tokens, ``"patch-mean"``: tokens 1:, ``"map"``: attention of a
+    learned ``query`` (D,) over tokens 1:, softmax of the scaled dot products) before or after it, and the linear head
+    (``head = (W, b)``): class scores (N, classes)."""
+
+    def attention_pool(t):
+        t = t[:, 1:]
+        w = torch.softmax(t @ query / math.sqrt(t.shape[-1]), dim=1)
+        return (w[..., None] * t).sum(1)
+
+    pools = {"cls": lambda t: t[:, 0], "mean": lambda t: t.mean(1), "patch-mean": lambda t: t[:, 1:].mean(1),
+             "map": attention_pool}
     h = pools[pool](ref_layer_norm(z, *norm)) if norm_first else ref_layer_norm(pools[pool](z), *norm)
     return h @ head[0].T + head[1]
 

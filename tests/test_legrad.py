@@ -21,8 +21,22 @@ from .test_methods_new import Attention, AttnViT
 CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 GRIDS = [(1, (6,)), (2, (3, 4)), (3, (2, 3, 2))]
 #: (class token, pooling, final norm before the pooling): timm/torchvision class-token ViT, a mean-pooled model
-#: without class token (fc_norm after the pooling), timm's global_pool="avg" with a class token
-VARIANTS = {"cls": (True, "cls", True), "mean": (False, "mean", False), "patch-mean": (True, "patch-mean", False)}
+#: without class token (fc_norm after the pooling), timm's global_pool="avg" with a class token, an attention-pooling
+#: head on the patch tokens (timm's global_pool="map": the prefix dropped without a module)
+VARIANTS = {"cls": (True, "cls", True), "mean": (False, "mean", False), "patch-mean": (True, "patch-mean", False),
+            "map": (True, "map", True)}
+
+
+class AttentionPool(nn.Module):
+    """(N, T, D) -> (N, D): softmax attention of a learned query over the tokens."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.query = nn.Parameter(torch.randn(dim))
+
+    def forward(self, t):
+        w = torch.softmax(t @ self.query / t.shape[-1] ** 0.5, dim=1)
+        return (w[..., None] * t).sum(1)
 
 
 class Block(nn.Module):
@@ -51,6 +65,8 @@ class LayerViT(nn.Module):
             self.norm = nn.LayerNorm(dim)
         else:
             self.fc_norm = nn.LayerNorm(dim)
+        if self.pool == "map":
+            self.attn_pool = AttentionPool(dim)
         self.head = nn.Linear(dim, classes)
         with torch.no_grad():  # non-trivial norms
             for m in self.modules():
@@ -69,6 +85,8 @@ class LayerViT(nn.Module):
         else:
             for b in self.blocks:
                 t = b(t)
+        if self.pool == "map":
+            return self.head(self.attn_pool(self.norm(t)[:, 1:]))
         if self.norm_first:
             return self.head(self.norm(t)[:, 0])
         pooled = t.mean(1) if self.pool == "mean" else t[:, 1:].mean(1)
@@ -76,7 +94,8 @@ class LayerViT(nn.Module):
 
     def reference_readout(self, z):
         norm = self.norm if self.norm_first else self.fc_norm
-        return RN.ref_readout(z, (norm.weight, norm.bias), (self.head.weight, self.head.bias), self.pool, self.norm_first)
+        return RN.ref_readout(z, (norm.weight, norm.bias), (self.head.weight, self.head.bias), self.pool, self.norm_first,
+                              query=self.attn_pool.query if self.pool == "map" else None)
 
 
 def _model(rank: int, variant: str = "cls", seed: int = 0) -> LayerViT:
@@ -148,7 +167,7 @@ def test_automatic_readout_matches_the_paper_reference(rank, grid, variant):
     _close(got, _reference(model, x, [0, 3], grid))
     # the read-out found: the model's own modules, pooling identified by its values
     want = {"cls": "head(norm(tokens)[:, 0])", "mean": "head(fc_norm(tokens.mean(1)))",
-            "patch-mean": "head(fc_norm(tokens[:, 1:].mean(1)))"}[variant]
+            "patch-mean": "head(fc_norm(tokens[:, 1:].mean(1)))", "map": "head(attn_pool(norm(tokens)[:, 1:]))"}[variant]
     assert cam.readout_for(x) == want
     # normalized and upsampled to the input
     full = cam(x, [0, 3])
@@ -199,6 +218,37 @@ def test_token_layers_keep_the_model_score_unless_a_readout_is_given():
     expected = RN.ref_legrad([g.transpose(1, 2)[:, None].detach().numpy() for g in grads], 1, grid)  # mean over D
     cam = ndcam.LeGrad(model, blocks, reshape=ndcam.TokenGrid(grid, prefix=1), readout=readout)
     _close(cam(x, [0, 3], upsample=False, normalize=False), expected)
+
+
+class TupleBlock(Block):
+    """A block returning ``(tokens,)`` (older Hugging Face layers)."""
+
+    def forward(self, t):
+        return (super().forward(t),)
+
+
+class TupleViT(LayerViT):
+    def __init__(self, rank: int):
+        super().__init__(rank, "mean")
+        self.blocks = nn.ModuleList(TupleBlock(8, 2) for _ in range(3))
+
+    def forward(self, x):
+        t = self.tokens(x)
+        for b in self.blocks:
+            t = b(t)[0]
+        return self.head(self.fc_norm(t.mean(1)))
+
+
+def test_blocks_returning_tuples_are_read_out_from_their_first_tensor():
+    grid = (3, 4)
+    x = _input(grid)
+    torch.manual_seed(0)
+    tup = TupleViT(2).double().eval()
+    plain = _model(2, "mean")
+    plain.load_state_dict(tup.state_dict())
+    cam = _legrad(tup, grid)
+    torch.testing.assert_close(cam(x, [1, 2], normalize=False), _legrad(plain, grid)(x, [1, 2], normalize=False))
+    assert cam.readout_for(x) == "head(fc_norm(tokens.mean(1)))"
 
 
 # -- user read-outs and targets -----------------------------------------------------------------------------------
@@ -323,7 +373,8 @@ def test_layers_that_fit_no_readout_plan_are_refused_before_the_forward():
 def test_unidentifiable_readouts_are_refused_with_what_did_not_fit():
     # attention and MLP in two separate lists: no module holds a whole block, the tail does not start at the tokens
     vit, x = AttnViT(2).double().eval(), torch.randn(2, 1, 8, 10, dtype=torch.float64)
-    with pytest.raises(ndcam.LayerError, match="'mlp.1' runs after the last block 'attn.1'.*readout="):
+    chain = r"'mlp.1' \(run after the last block 'attn.1' of the stack 'attn'\).*not form one chain.*readout="
+    with pytest.raises(ndcam.LayerError, match=chain):
         ndcam.LeGrad(vit, ["attn.0.softmax", "attn.1.softmax"], grid=(4, 5), prefix=1)(x, 0)
     # a constant input: every token equal, class token and mean pooling give the same values -- ambiguous
     grid = (3, 4)

@@ -25,13 +25,14 @@ unlike the per-layer normalized mean of the other methods.
   ``encoder.layers``, Hugging Face's ``encoder.layer``), one layer per block; :math:`Z^l` is the output of the block
   holding layer :math:`l`. During the explained forward pass ndcam records the modules that run after the last block
   (``norm``, ``fc_norm``, ``head``, ...) and accepts them as :math:`\rho` only if they form one chain from the last
-  block's tokens to the model's class scores, with at most one pooling step between modules -- the class token, the
-  mean of all tokens or the mean of the tokens after the ``prefix`` -- identified by its values. The chain re-applied
-  to the last block's tokens must give the model's output, so :math:`s^L` *is* the model's own score and the last
-  block's map is the same as with ``readout="model"``. Anything else -- several poolings fitting the values (all
-  tokens equal, e.g. a constant input), a module after the blocks that is not on the chain, an output changed without
-  a module, no stack -- is refused with an :class:`~ndcam.LayerError` naming what did not fit: ndcam never applies a
-  read-out it has not checked. :meth:`LeGrad.readout_for` shows the one found, e.g. ``head(norm(tokens)[:, 0])``.
+  block's tokens to the model's class scores, with at most one step between modules that is not a module -- the
+  class token, the mean of all tokens, the mean of the tokens after the ``prefix``, or the tokens after the prefix
+  (before an attention-pooling module) -- identified by its values. The chain re-applied to the last block's tokens
+  must give the model's output, so :math:`s^L` *is* the model's own score and the last block's map is the same as
+  with ``readout="model"``. Anything else -- several poolings fitting the values (all tokens equal, e.g. a constant
+  input), a module after the blocks that is not on the chain, an output changed without a module, no stack -- is
+  refused with an :class:`~ndcam.LayerError` naming what did not fit: ndcam never applies a read-out it has not
+  checked. :meth:`LeGrad.readout_for` shows the one found, e.g. ``head(norm(tokens)[:, 0])``.
 
   On any other layer ``"auto"`` uses the model's own score, as ``"model"``: a CNN feature map has no tokens, and a
   block's *own* tokens read out through the head give a gradient that does not depend on where the token is (a
@@ -308,27 +309,35 @@ def _close(a: torch.Tensor | None, b: torch.Tensor | None) -> bool:
 
 @dataclass(frozen=True)
 class _Pool:
-    """A pooling of tokens ``(N, T, D) -> (N, D)`` between two modules of the read-out."""
+    """A step on the tokens ``(N, T, D)`` between two modules of the read-out, done without a module: a pooling to
+    ``(N, D)`` (class token, mean of all tokens, mean after the prefix) or dropping the prefix tokens (timm's
+    attention-pooling head).
+    """
 
-    kind: str  # "class token" | "mean" | "mean after prefix"
+    kind: str  # "class token" | "mean" | "mean after prefix" | "drop prefix"
     prefix: int = 0
 
     def __call__(self, t: torch.Tensor) -> torch.Tensor:
         if self.kind == "class token":
             return t[:, 0]
+        if self.kind == "drop prefix":
+            return t[:, self.prefix :]
         return t[:, self.prefix :].mean(dim=1)
 
     def text(self, inner: str) -> str:
         if self.kind == "class token":
             return f"{inner}[:, 0]"
+        if self.kind == "drop prefix":
+            return f"{inner}[:, {self.prefix}:]"
         return f"{inner}[:, {self.prefix}:].mean(1)" if self.prefix else f"{inner}.mean(1)"
 
 
-def _pools(prefix: int, tokens: int) -> list[_Pool]:
-    pools = [_Pool("class token"), _Pool("mean")]
-    if 0 < prefix < tokens:
-        pools.append(_Pool("mean after prefix", prefix))
-    return pools
+def _pools(prefix: int, tokens: int, ndim: int) -> list[_Pool]:
+    """The candidate steps from tokens to a tensor of ``ndim`` axes."""
+    with_prefix = 0 < prefix < tokens
+    if ndim == 3:
+        return [_Pool("drop prefix", prefix)] if with_prefix else []
+    return [_Pool("class token"), _Pool("mean")] + ([_Pool("mean after prefix", prefix)] if with_prefix else [])
 
 
 class _ModelReadout:
@@ -365,12 +374,13 @@ def _refuse_auto(why: str) -> LayerError:
     )
 
 
-def _match_pool(tokens: torch.Tensor, pooled: torch.Tensor, prefix: int, where: str) -> _Pool:
-    fits = [p for p in _pools(prefix, tokens.shape[1]) if _close(p(tokens), pooled)]
+def _match_pool(tokens: torch.Tensor, pooled: torch.Tensor, prefix: int, where: str, prev: str) -> _Pool:
+    fits = [p for p in _pools(prefix, tokens.shape[1], pooled.ndim) if _close(p(tokens), pooled)]
     if not fits:
         raise _refuse_auto(
-            f"{where} receives (N, {pooled.shape[-1]}) values that are neither the class token nor a mean of the "
-            f"tokens before it"
+            f"{where} receives {tuple(pooled.shape)} values that are neither {prev} {tuple(tokens.shape)} nor their "
+            f"class token, their mean or the tokens after the prefix ({prefix}): the modules after the blocks do not "
+            f"form one chain from the tokens to the class scores"
         )
     if len(fits) > 1:
         raise _refuse_auto(
@@ -403,11 +413,11 @@ def _discover(rec: _Recorder, output: Any, prefix: int) -> _ModelReadout:
         if call.problem:
             raise _refuse_auto(f"{call.name!r} runs {after} but {call.problem}")
         assert call.inp is not None and call.out is not None
+        prev = f"the output of {steps[-1][0]!r}" if steps else "the last block's tokens"
         if not _close(call.inp, cur):
-            if pool is None and cur.ndim == 3 and call.inp.ndim == 2:
-                pool, pool_at = _match_pool(cur, call.inp, prefix, f"{call.name!r}"), i
+            if pool is None and cur.ndim == 3 and call.inp.ndim in (2, 3):
+                pool, pool_at = _match_pool(cur, call.inp, prefix, f"{call.name!r} (run {after})", prev), i
             else:
-                prev = f"the output of {steps[-1][0]!r}" if steps else "the last block's tokens"
                 raise _refuse_auto(
                     f"{call.name!r} runs {after} but its input {tuple(call.inp.shape)} is not {prev} (nor a pooling "
                     f"of them): the modules after the blocks do not form one chain from the tokens to the class scores"
@@ -416,7 +426,8 @@ def _discover(rec: _Recorder, output: Any, prefix: int) -> _ModelReadout:
         cur = call.out
     if not _close(cur, logits):
         if pool is None and cur.ndim == 3 and logits.ndim == 2 and cur.shape[-1] == logits.shape[-1]:
-            pool, pool_at = _match_pool(cur, logits, prefix, "the model's output"), len(steps)
+            last = f"the output of {steps[-1][0]!r}" if steps else "the last block's tokens"
+            pool, pool_at = _match_pool(cur, logits, prefix, "the model's output", last), len(steps)
         else:
             last = f"the output of {steps[-1][0]!r}" if steps else f"the tokens of {rec.last_block!r}"
             raise _refuse_auto(
