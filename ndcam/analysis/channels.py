@@ -15,7 +15,6 @@ a grid of slices through each channel's peak (3D), each titled "channel c, weigh
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,7 +85,7 @@ class ChannelResult:
         (grids of ``cols`` columns, default about square, the input first).
         Each panel is titled "channel c, weight w"; the figure with the layer, the weighting and the target.
         """
-        from ..app.viz.panels import band_panels, overlay_row, volume_rows
+        from ..app.viz.panels import sample_under_maps
 
         _check_sample(x, self.input_shape, index)
         maps = _to_np(self.maps[index])
@@ -97,15 +96,10 @@ class ChannelResult:
         title = title if title is not None else (
             f"Top {len(labels)} of {self.num_channels} channels of {self.layer} by {what}{target}")
         sample = _to_np(x[index])[lead]
-        cols = cols or int(math.ceil(math.sqrt(len(labels) + 1)))
         if self.rank == 1:
             labels = [lab.replace(", ", "\n") for lab in labels]
-            return band_panels(sample, maps, labels, fs=fs, units=units, cmap=cmap, title=title)
-        if self.rank == 2:
-            return overlay_row(sample, maps, labels, cmap=cmap, title=title, cols=cols)
-        if self.rank == 3:
-            return volume_rows(sample, maps, labels, cmap=cmap, title=title, mip=False, cols=cols, ref=0)
-        raise InputError(f"no picture for spatial rank {self.rank}; draw slices of ChannelResult.maps yourself")
+        return sample_under_maps(sample, maps, labels, fs=fs, units=units, cmap=cmap, title=title, grid=True,
+                                 cols=cols, what="ChannelResult.maps")
 
     def html(self, x: torch.Tensor, index: int = 0, **plot_kwargs: Any) -> str:
         """A report section: heading, the picture of :meth:`plot` and a table of the channels and their weights."""

@@ -191,7 +191,7 @@ class SweepResult:
             cmap: colormap of the maps.
             title: figure title (default: method, target, score).
         """
-        from ..app.viz.panels import band_panels, overlay_row, volume_rows
+        from ..app.viz.panels import sample_under_maps
 
         _check_sample(x, self.input_shape, index)
         chosen = self.maps[index]
@@ -201,13 +201,8 @@ class SweepResult:
         sample = _to_np(x[index])[lead]
         title = title if title is not None else f"Layer sweep: {self._caption(index, k)}"
         labels = [self._label(j) for j in range(len(self.names))]
-        if self.rank == 1:
-            return band_panels(sample, maps, labels, fs=fs, units=units, cmap=cmap, title=title)
-        if self.rank == 2:
-            return overlay_row(sample, maps, labels, cmap=cmap, title=title)
-        if self.rank == 3:
-            return volume_rows(sample, maps, labels, cmap=cmap, title=title)
-        raise InputError(f"no picture for spatial rank {self.rank}; draw slices of SweepResult.maps yourself")
+        return sample_under_maps(sample, maps, labels, fs=fs, units=units, cmap=cmap, title=title,
+                                 what="SweepResult.maps")
 
     def html(self, x: torch.Tensor, index: int = 0, k: int = 0, **plot_kwargs: Any) -> str:
         """A report section: heading, the picture of :meth:`plot` and a table of the layers (resolution, channels,

@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 from ...core.errors import InputError
 from .common import as_array, new_figure
 
-__all__ = ["band_panels", "overlay_row", "volume_rows", "plot_leads"]
+__all__ = ["sample_under_maps", "band_panels", "overlay_row", "volume_rows", "plot_leads"]
 
 
 def _subplots(rows: int, cols: int, figsize: tuple[float, float], **kwargs: Any) -> tuple[Figure, Any]:
@@ -179,3 +179,25 @@ def plot_leads(signal: Any, maps: Any, *, fs: float | None = None, leads: list[s
     fig.tight_layout(rect=(0, 0, 0.91, 1))
     fig.colorbar(im, cax=fig.add_axes((0.925, 0.15, 0.012, 0.7)), label="lead-wise map (joint scale)")
     return fig
+
+
+def sample_under_maps(sample: np.ndarray, maps: np.ndarray, labels: list[str], *, fs: float | None = None,
+                      units: str | None = None, cmap: str = "jet", title: str | None = None, grid: bool = False,
+                      cols: int | None = None, what: str = "the maps") -> Figure:
+    """One sample under several maps ``(P, *S)``, the view chosen by the maps' spatial rank: stacked heat bands
+    (:func:`band_panels`, rank 1), overlays (:func:`overlay_row`, rank 2), slices through each map's peak
+    (:func:`volume_rows`, rank 3). ``grid=True`` lays ranks 2 and 3 out in ``cols`` columns (default about square),
+    the volume without projections and its input slice through the first map's peak; ``False`` keeps one row (with
+    projections for rank 3). ``what`` names the maps in the error for other ranks.
+    """
+    rank = maps.ndim - 1
+    if grid:
+        cols = cols or int(np.ceil(np.sqrt(len(labels) + 1)))
+    if rank == 1:
+        return band_panels(sample, maps, labels, fs=fs, units=units, cmap=cmap, title=title)
+    if rank == 2:
+        return overlay_row(sample, maps, labels, cmap=cmap, title=title, cols=cols)
+    if rank == 3:
+        return volume_rows(sample, maps, labels, cmap=cmap, title=title, mip=not grid, cols=cols,
+                           ref=0 if grid else -1)
+    raise InputError(f"no picture for spatial rank {rank}; draw slices of {what} yourself")
