@@ -62,13 +62,27 @@ class _Claims:
         self.owners: dict[int, list] = {}
         self.waiting: dict[int, list[nn.Module]] = {}
 
-    def _blocker(self, modules: list[nn.Module], me: int) -> int | None:
-        """A thread other than ``me`` that holds one of ``modules``, or ``None`` when all are free or ours."""
-        owners = self.owners
-        for m in modules:
-            entry = owners.get(id(m))
-            if entry is not None and entry[0] != me:
-                return entry[0]
+    def _take(self, modules: list[nn.Module], me: int) -> int | None:
+        """Take all of ``modules`` for ``me`` and return ``None``, or take nothing and return a thread that holds one.
+
+        One pass in the usual case (nothing held by another thread); on a conflict, or an error half-way (an
+        interrupt), what this pass took is given back.
+        """
+        owners, taken = self.owners, 0
+        try:
+            for m in modules:
+                entry = owners.get(id(m))
+                if entry is None:
+                    owners[id(m)] = [me, 1, m]
+                elif entry[0] == me:
+                    entry[1] += 1
+                else:
+                    self._release(modules[:taken], notify=False)
+                    return entry[0]
+                taken += 1
+        except BaseException:
+            self._release(modules[:taken], notify=False)
+            raise
         return None
 
     def _deadlocked(self, me: int, blocker: int) -> bool:
@@ -95,8 +109,8 @@ class _Claims:
         me = threading.get_ident()
         with self.cond:
             try:
-                while (blocker := self._blocker(modules, me)) is not None:
-                    # nothing is taken while waiting: two calls never hold part of what each other needs
+                while (blocker := self._take(modules, me)) is not None:
+                    # none of `modules` is taken while waiting: no call holds part of what another one waits for
                     self.waiting[me] = modules
                     if self._deadlocked(me, blocker):
                         raise DeadlockError(
@@ -108,27 +122,15 @@ class _Claims:
                     self.cond.wait()
             finally:
                 self.waiting.pop(me, None)
-            owners, taken = self.owners, 0
-            try:
-                for m in modules:
-                    entry = owners.get(id(m))
-                    if entry is None:
-                        owners[id(m)] = [me, 1, m]
-                    else:
-                        entry[1] += 1
-                    taken += 1
-            except BaseException:  # (MemoryError, an interrupt): give back what was taken, hold nothing
-                self._release(modules[:taken])
-                raise
 
-    def _release(self, modules: list[nn.Module]) -> None:
+    def _release(self, modules: list[nn.Module], notify: bool = True) -> None:
         owners = self.owners
         for m in modules:
             entry = owners[id(m)]
             entry[1] -= 1
             if entry[1] == 0:
                 del owners[id(m)]
-        if self.waiting:
+        if notify and self.waiting:
             self.cond.notify_all()
 
     def release(self, modules: list[nn.Module]) -> None:
