@@ -47,6 +47,7 @@ from .errors import DeadlockError, InputTypeError, LayerError, model_forward
 
 __all__ = ["Capture", "ModelState", "ModelInputs", "ModelLock", "model_lock", "slice_batch", "tree_map"]
 
+
 class _Claims:
     """Which thread holds which module, for :func:`model_lock` (one instance, :data:`_CLAIMS`).
 
