@@ -33,6 +33,7 @@ from .core.detection import DetectionTarget
 from .core.errors import (
     BatchDependenceWarning,
     ConstantMapWarning,
+    DeadlockError,
     ForwardError,
     InputError,
     InputTypeError,
@@ -77,6 +78,7 @@ __all__ = [
     "InputTypeError",
     "LayerError",
     "ForwardError",
+    "DeadlockError",
     "NdcamWarning",
     "ConstantMapWarning",
     "BatchDependenceWarning",

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import itertools
 import math
+import sys
 import warnings
 
 import pytest
 import torch
 from torch import nn
+from tqdm import tqdm
 
 import ndcam
+import ndcam.core.progress as ndcam_progress
 from ndcam.sliding import SlidingWindow, importance_map, sliding_window_explain
 
 CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
@@ -210,3 +213,65 @@ def test_background_patches_do_not_warn_but_an_empty_stitched_map_does():
         assert sw(x, 1).max() == 1
     with pytest.warns(ndcam.ConstantMapWarning, match="stitched"):
         sw(torch.zeros(1, 1, 40, 40), 1)
+
+
+# -- progress bar ---------------------------------------------------------------------------------------------------
+class _SpyBar(tqdm):
+    """The real tqdm bar, recording how it was made and every update."""
+
+    made: list[_SpyBar] = []
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.made_with, self.updates = kwargs, []
+        self.shown = not kwargs.get("disable", False)  # (tqdm sets .disable on close)
+        _SpyBar.made.append(self)
+
+    def update(self, n=1):
+        self.updates.append(n)
+        return super().update(n)
+
+
+@pytest.fixture
+def spy_bar(monkeypatch):
+    _SpyBar.made = []
+    monkeypatch.setattr(ndcam_progress, "tqdm", _SpyBar)
+    return _SpyBar.made
+
+
+def _blob_window(**options):
+    return SlidingWindow(BlobNet(2).eval(), 8, "gradcam", "act", overlap=0.25, batch_size=4, **options)
+
+
+def test_progress_true_updates_the_bar_once_per_batch_of_patches(spy_bar, capsys):
+    x = 2 * torch.rand(2, 1, 20, 20, generator=torch.Generator().manual_seed(0))  # 9 patches per sample, 18 in all
+    quiet = _blob_window(progress=False)(x, 1)  # batches of 4, 4, 4, 4, 2
+    assert capsys.readouterr().err == "" and not any(b.shown for b in spy_bar)
+    spy_bar.clear()
+    maps = _blob_window(progress=True)(x, 1)
+    (bar,) = spy_bar
+    assert bar.updates == [4, 4, 4, 4, 2] and bar.total == 18 and bar.n == 18 and bar.shown
+    assert "18/18" in capsys.readouterr().err
+    torch.testing.assert_close(maps, quiet, rtol=0, atol=0)
+    assert torch.equal(maps, _blob_window()(x, 1))  # progress=None (no terminal here): the same maps, nothing shown
+    assert capsys.readouterr().err == ""
+
+
+def test_progress_none_shows_a_bar_for_many_patches_on_a_terminal_only(spy_bar, monkeypatch):
+    x = 2 * torch.rand(1, 1, 20, 20, generator=torch.Generator().manual_seed(0))  # 9 patches
+    _blob_window()(x, 1)  # not a terminal: disabled
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    _blob_window()(x, 1)  # a terminal and 3 batches: a bar, shown once 2 s have passed
+    _blob_window()(x[..., :8, :8], 1)  # one patch, one batch: no bar
+    assert [b.shown for b in spy_bar] == [False, True, False]
+    assert spy_bar[1].made_with["delay"] == 2.0 and spy_bar[1].updates == [4, 4, 1]
+
+
+def test_progress_is_checked_and_passed_to_a_method_with_a_bar_of_its_own():
+    model = BlobNet(1).eval()
+    with pytest.raises(TypeError, match="progress"):
+        SlidingWindow(model, 8, "scorecam", progress="yes")
+    assert SlidingWindow(model, 8, "scorecam").method.progress is None  # the method's default: its bar for long runs
+    assert SlidingWindow(model, 8, "scorecam", progress=True).method.progress is False  # the patch bar instead
+    assert SlidingWindow(model, 8, "scorecam", progress=False).method.progress is False
+    SlidingWindow(model, 8, PatchFunction, progress=True)  # a method without the option gets nothing new

@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from ..core import ops
+from ..core.capture import model_lock
 from ..core.errors import InputError, InputTypeError
 
 __all__ = [
@@ -86,18 +87,30 @@ def _probabilities(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.
 
 
 class _Eval:
-    """Eval mode for the duration of a metric, restoring every module's flag afterwards."""
+    """Eval mode for the duration of a metric, restoring every module's flag afterwards. The model's modules are
+    held (:func:`ndcam.capture.model_lock`) meanwhile, so no explanation on a model sharing them runs in between and
+    saves -- then restores -- the metric's eval flags.
+    """
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
+        self.lock = model_lock(model)
 
     def __enter__(self):
+        self.lock.__enter__()
         self.flags = {m: m.training for m in self.model.modules()}
-        self.model.eval()
+        try:
+            self.model.eval()
+        except BaseException:
+            self.__exit__()
+            raise
 
     def __exit__(self, *exc):
-        for m, f in self.flags.items():
-            m.training = f
+        try:
+            for m, f in self.flags.items():
+                m.training = f
+        finally:
+            self.lock.__exit__(*exc)
 
 
 def _targets(model: nn.Module, x: torch.Tensor, targets, batch_size: int) -> torch.Tensor:

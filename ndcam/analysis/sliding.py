@@ -19,10 +19,14 @@ Conventions (those of ``monai.inferers.sliding_window_inference``, re-derived he
   ``max(min, 1e-3)``;
 * stitched map: :math:`M(v) = \sum_p w_p(v) m_p(v) / \sum_p w_p(v)` over the patches :math:`p` covering voxel
   :math:`v`.
+
+A large volume takes many patches: a :mod:`tqdm` bar on stderr counts them (``progress``; the rule of
+:mod:`ndcam.core.progress`, as for the perturbation methods' forwards).
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 import warnings
 from collections.abc import Sequence
@@ -35,6 +39,7 @@ from torch import nn
 from ..core import ops
 from ..core.errors import ConstantMapWarning, InputError, InputTypeError
 from ..core.layers import LayerSpec
+from ..core.progress import check_progress, progress_bar
 
 __all__ = ["SlidingWindow", "sliding_window_explain", "importance_map", "scan_interval", "patch_starts"]
 
@@ -91,6 +96,10 @@ class SlidingWindow:
         batch_size: patches per call of the method (MONAI's ``sw_batch_size``); a perturbation method then runs
             its own masked forwards in batches of its default size.
         pad_value: value that pads an input smaller than a patch.
+        progress: a progress bar over the patches on stderr: ``None`` when stderr is a terminal, there is more than
+            one batch of patches and the run has taken 2 seconds (removed when done); ``True`` always; ``False``
+            never. A method with a bar of its own (Score-CAM, Ablation-CAM: ``progress=``) gets ``progress=False``
+            when this is ``True`` or ``False`` -- one bar for the whole input, or none -- and its default otherwise.
         **method_options: passed to the method class (``reshape=``, ``eigen_smooth=``, ``fc=``, ...).
 
     A patch with nothing to show (background) has an all-zero raw map, which is normal here: per-patch
@@ -123,6 +132,7 @@ class SlidingWindow:
         sigma_scale: float | Sequence[float] = 0.125,
         batch_size: int = 4,
         pad_value: float = 0.0,
+        progress: bool | None = None,
         **method_options: Any,
     ) -> None:
         from ..core.methods import get_method
@@ -138,6 +148,9 @@ class SlidingWindow:
             method = get_method(method)
         if not callable(method):
             raise InputTypeError(f"method must be a method class or a registry name, got {type(method).__name__}")
+        self.progress = check_progress(progress, "a bar for long runs on a terminal")
+        if progress is not None and _takes_progress(method):
+            method_options = {**method_options, "progress": False}  # the patch bar stands for the method's own bars
         self.model = model
         self.roi_size = roi_size
         self.overlap = overlap
@@ -189,19 +202,25 @@ class SlidingWindow:
         slices = self.patches(size)
         weight = importance_map(roi, self.mode, self.sigma_scale, dtype=torch.float32, device=x.device)
         jobs = [(i, s) for i in range(n) for s in slices]
+        batches = range(0, len(jobs), self.batch_size)
+        # progress=None: one batch is no run to follow (and a bar needs a terminal and 2 s anyway)
+        show = False if self.progress is None and len(batches) < 2 else self.progress
         acc: torch.Tensor | None = None
-        for first in range(0, len(jobs), self.batch_size):
-            chunk = jobs[first:first + self.batch_size]
-            batch = torch.stack([xp[_index(i, slice(None), *s)] for i, s in chunk])
-            sample = torch.tensor([i for i, _ in chunk], device=x.device)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", ConstantMapWarning)
-                maps = self.method(batch, _targets_for(targets, sample, n), upsample=True, normalize=False).float()
-            if acc is None:
-                acc = torch.zeros((n, *maps.shape[1:-len(roi)], *xp.shape[2:]), dtype=torch.float32, device=x.device)
-            w = weight.reshape((1,) * (maps.ndim - len(roi)) + roi)
-            for (i, s), m in zip(chunk, maps * w):
-                acc[_index(i, Ellipsis, *s)] += m
+        with progress_bar(len(jobs), type(self).__name__, show, unit="patch") as bar:
+            for first in batches:
+                chunk = jobs[first:first + self.batch_size]
+                batch = torch.stack([xp[_index(i, slice(None), *s)] for i, s in chunk])
+                sample = torch.tensor([i for i, _ in chunk], device=x.device)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", ConstantMapWarning)
+                    maps = self.method(batch, _targets_for(targets, sample, n), upsample=True, normalize=False).float()
+                if acc is None:
+                    acc = torch.zeros((n, *maps.shape[1:-len(roi)], *xp.shape[2:]), dtype=torch.float32,
+                                      device=x.device)
+                w = weight.reshape((1,) * (maps.ndim - len(roi)) + roi)
+                for (i, s), m in zip(chunk, maps * w):
+                    acc[_index(i, Ellipsis, *s)] += m
+                bar.update(len(chunk))
         count = torch.zeros(xp.shape[2:], dtype=torch.float32, device=x.device)
         for s in slices:
             count[s] += weight
@@ -216,6 +235,14 @@ class SlidingWindow:
         if not normalize:
             return out
         return ops.minmax_normalize(out, batch_dims=out.ndim - len(size), inplace=True)
+
+
+def _takes_progress(method: Any) -> bool:
+    """Whether a method class names a ``progress`` option (as the command line decides which methods show bars)."""
+    try:
+        return "progress" in inspect.signature(method).parameters
+    except (TypeError, ValueError):  # no signature to read (a builtin): pass nothing
+        return False
 
 
 def _index(*parts: Any) -> Any:
@@ -254,5 +281,7 @@ def sliding_window_explain(
     normalize: bool = True,
     **options: Any,
 ) -> torch.Tensor:
-    """Functional form of :class:`SlidingWindow`: ``SlidingWindow(model, roi_size, method, **options)(x, targets)``."""
+    """Functional form of :class:`SlidingWindow`: ``SlidingWindow(model, roi_size, method, **options)(x, targets)``
+    (``options`` include ``progress``, the bar over the patches).
+    """
     return SlidingWindow(model, roi_size, method, **options)(x, targets, normalize=normalize)

@@ -21,10 +21,11 @@ mode are restored. While capturing, the model is in eval mode, so BatchNorm runn
 The hooks record only during :meth:`Capture.forward`: a forward that gradient checkpointing re-runs inside the backward
 is not recorded a second time.
 
-**Threads.** Hooks and ``training`` flags belong to the model, which every thread shares, so a call must have the
-model to itself: :func:`model_lock` gives one re-entrant lock per model, which every method holds for the whole of a
-call (and the automatic layer choice for its probe). Calls on one model from several threads therefore run one after
-the other and give the maps of sequential calls; calls on different models run in parallel.
+**Threads.** Hooks and ``training`` flags belong to the modules, which every thread -- and every model that contains
+them -- shares, so a call must have its model's modules to itself: :func:`model_lock` holds all of them for the whole
+of a call (every method takes it, and the automatic layer choice for its probe). Calls on one model, or on models that
+share any module (two heads on one backbone, a model and its wrapper), therefore run one after the other and give the
+maps of sequential calls; calls on models that share nothing run in parallel.
 
 This module also holds what running a model with *several inputs* and *any output structure* needs:
 :class:`ModelInputs` (the extra positional/keyword arguments passed after the explained tensor, replicated or sliced
@@ -35,7 +36,6 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,29 +43,164 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import InputTypeError, LayerError, model_forward
+from .errors import DeadlockError, InputTypeError, LayerError, model_forward
 
-__all__ = ["Capture", "ModelState", "ModelInputs", "model_lock", "slice_batch", "tree_map"]
-
-_LOCKS: weakref.WeakKeyDictionary[nn.Module, threading.RLock] = weakref.WeakKeyDictionary()
-_LOCKS_GUARD = threading.Lock()
+__all__ = ["Capture", "ModelState", "ModelInputs", "ModelLock", "model_lock", "slice_batch", "tree_map"]
 
 
-def model_lock(model: nn.Module) -> threading.RLock:
-    """The re-entrant lock of ``model``, shared by every ndcam method instance and by the automatic layer choice.
+class _Claims:
+    """Which thread holds which module, for :func:`model_lock` (one instance, :data:`_CLAIMS`).
 
-    A call holds it from validation to the restored model, so two threads explaining one model run one after the
-    other (hooks, ``training`` flags and BatchNorm statistics stay consistent); different models have different locks
-    and run in parallel. Re-entrant: a method that calls another method on the same model (Guided Grad-CAM) does not
-    block itself. Kept in a weak dictionary: the lock goes away with the model.
+    ``owners`` maps ``id(module)`` to ``[thread id, depth, module]`` for the modules held *now* and nothing else: an
+    entry is removed when its depth drops to 0, so there is nothing to collect with the model (the module itself is
+    kept alive only while it is held, which also keeps its ``id`` from being reused by another module meanwhile).
+    ``waiting`` maps each blocked thread to the modules it waits for (read by the deadlock check). One condition
+    variable guards both; it is held for the bookkeeping only, never while a model runs.
     """
-    lock = _LOCKS.get(model)
-    if lock is None:
-        with _LOCKS_GUARD:
-            lock = _LOCKS.get(model)
-            if lock is None:
-                lock = _LOCKS[model] = threading.RLock()
-    return lock
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition(threading.Lock())
+        self.owners: dict[int, list] = {}
+        self.waiting: dict[int, list[nn.Module]] = {}
+
+    def _take(self, modules: list[nn.Module], me: int) -> int | None:
+        """Take all of ``modules`` for ``me`` and return ``None``, or take nothing and return a thread that holds one.
+
+        One pass in the usual case (nothing held by another thread); on a conflict, or an error half-way (an
+        interrupt), what this pass took is given back.
+        """
+        owners, taken = self.owners, 0
+        try:
+            for m in modules:
+                entry = owners.get(id(m))
+                if entry is None:
+                    owners[id(m)] = [me, 1, m]
+                elif entry[0] == me:
+                    entry[1] += 1
+                else:
+                    self._release(modules[:taken], notify=False)
+                    return entry[0]
+                taken += 1
+        except BaseException:
+            self._release(modules[:taken], notify=False)
+            raise
+        return None
+
+    def _deadlocked(self, me: int, blocker: int) -> bool:
+        """Whether waiting for ``blocker`` closes a cycle: a chain of blocked threads, each waiting for a module the
+        next one holds, that leads back to ``me``. Those threads can never move again, so ``me`` must not wait.
+        """
+        seen, todo = {blocker}, [blocker]
+        while todo:
+            wanted = self.waiting.get(todo.pop())
+            if wanted is None:  # running: it will release what it holds
+                continue
+            for m in wanted:
+                entry = self.owners.get(id(m))
+                if entry is None or entry[0] in seen:
+                    continue
+                if entry[0] == me:
+                    return True
+                seen.add(entry[0])
+                todo.append(entry[0])
+        return False
+
+    def acquire(self, modules: list[nn.Module]) -> None:
+        """Take all of ``modules`` for this thread at once (modules it already holds: one level deeper)."""
+        me = threading.get_ident()
+        with self.cond:
+            try:
+                while (blocker := self._take(modules, me)) is not None:
+                    # none of `modules` is taken while waiting: no call holds part of what another one waits for
+                    self.waiting[me] = modules
+                    if self._deadlocked(me, blocker):
+                        raise DeadlockError(
+                            "deadlock: this thread holds a model (an ndcam call or model_lock) and waits for modules "
+                            "that another thread holds while it waits for this thread's; nested calls on models "
+                            "that share no module must be taken in the same order in every thread (or not nested). "
+                            "This call was refused so that the other thread can go on."
+                        )
+                    self.cond.wait()
+            finally:
+                self.waiting.pop(me, None)
+
+    def _release(self, modules: list[nn.Module], notify: bool = True) -> None:
+        owners = self.owners
+        for m in modules:
+            entry = owners[id(m)]
+            entry[1] -= 1
+            if entry[1] == 0:
+                del owners[id(m)]
+        if notify and self.waiting:
+            self.cond.notify_all()
+
+    def release(self, modules: list[nn.Module]) -> None:
+        with self.cond:
+            self._release(modules)
+
+    def held(self) -> int:
+        """How many modules are held by any thread now (0 when no call runs)."""
+        with self.cond:
+            return len(self.owners)
+
+
+_CLAIMS = _Claims()
+
+
+class ModelLock:
+    """Context manager holding every module of a model for the current thread (see :func:`model_lock`)."""
+
+    __slots__ = ("model", "_held")
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self._held: dict[int, list[list[nn.Module]]] = {}  # per thread: the module lists of nested ``with`` blocks
+
+    def __enter__(self) -> ModelLock:
+        modules = list(self.model.modules())  # walked before anything is taken: an error here holds nothing
+        _CLAIMS.acquire(modules)
+        self._held.setdefault(threading.get_ident(), []).append(modules)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        me = threading.get_ident()
+        stack = self._held[me]
+        modules = stack.pop()
+        if not stack:
+            del self._held[me]
+        _CLAIMS.release(modules)  # the list taken on entry: right even if the model's modules changed meanwhile
+
+
+def model_lock(model: nn.Module) -> ModelLock:
+    """Hold every module of ``model`` for this thread: what every ndcam method holds for the whole of a call.
+
+    Hooks, ``training`` flags and BatchNorm statistics belong to *modules*, which several models can share (two heads
+    on one backbone, one model wrapped twice, a model and one of its submodules). A call therefore takes all of
+    ``model.modules()`` at once: it waits while another thread holds any of them, and two calls whose models share a
+    module run one after the other; models that share nothing run in parallel.
+
+    * **All at once.** The modules are taken in one step, when none is held by another thread; a waiting call holds
+      nothing. So the order in which threads lock models never matters: calls on models sharing modules cannot
+      deadlock, whatever the order in which their roots list the shared blocks or the threads nest them.
+    * **Re-entrant.** A thread may take modules it already holds (a method calling another method, Guided Grad-CAM's
+      two passes, a call on a submodule of the model it holds).
+    * **Deadlock check.** Only a thread that already holds a model can wait while holding something: if two threads
+      each hold a model and wait for the other's (nested calls on unrelated models, in opposite orders), the second
+      to wait gets a :class:`~ndcam.DeadlockError` instead of both hanging.
+    * **Nothing kept.** Only the modules held *now* are recorded, so nothing stays behind for a model that is
+      garbage-collected. The cost is a walk over the modules and two short passes of bookkeeping (tens of
+      microseconds for a ResNet-50's 151 modules).
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> backbone = nn.Sequential(nn.Conv1d(1, 4, 3), nn.ReLU())
+        >>> head_a, head_b = nn.Sequential(backbone, nn.Flatten()), nn.Sequential(backbone, nn.Flatten())
+        >>> with model_lock(head_a):  # another thread explaining head_b waits here: they share the backbone
+        ...     with model_lock(backbone):  # re-entrant: this thread holds the backbone already
+        ...         pass
+    """
+    return ModelLock(model)
 
 
 def tree_map(fn: Callable[[torch.Tensor], Any], obj: Any) -> Any:

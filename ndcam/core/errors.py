@@ -30,6 +30,12 @@ class ForwardError(InputError):
     """The model's own forward pass failed on the input (usually a wrong rank, channel count or size)."""
 
 
+class DeadlockError(NdcamError, RuntimeError):
+    """Two threads each hold a model (:func:`ndcam.capture.model_lock`) while waiting for the other's: a call on a
+    model was nested inside a call or lock on another model, in opposite orders in the two threads.
+    """
+
+
 def forward_failed(model: object, x: object, err: BaseException) -> ForwardError:
     """Wrap an exception raised by the model's forward into a :class:`ForwardError` that names the input."""
     shape = tuple(getattr(x, "shape", ()))

@@ -9,8 +9,8 @@ A call runs in this order (:meth:`BaseCAM.explain`):
 
 1. validation of everything that does not need the model's output (input, options, extra inputs, targets) -- bad
    input is refused before any forward pass;
-2. the model's lock is taken (:func:`ndcam.capture.model_lock`: one call per model at a time, different models in
-   parallel) and its state saved;
+2. the model's modules are locked (:func:`ndcam.capture.model_lock`: one call at a time on models that share any
+   module, models that share nothing in parallel) and its state saved;
 3. a :class:`CallContext` is made -- the per-call state (input, extra inputs, resolved targets, options, the
    :class:`~ndcam.capture.Capture`, the output and scores) -- and handed to the steps, so method instances hold
    configuration only and can be shared by threads;
@@ -232,10 +232,11 @@ class BaseCAM:
 
     Subclasses set ``uses_gradients`` and ``relu`` and override :meth:`weights` or :meth:`layer_map`.
 
-    **Threads.** An instance holds configuration only; every call makes its own :class:`CallContext`. A call holds the
-    model's lock (:func:`ndcam.capture.model_lock`) from start to end, so concurrent calls on one model -- from this
-    instance or any other -- run one after the other and give the maps of sequential calls, and the model is left as
-    it was; calls on different models run in parallel.
+    **Threads.** An instance holds configuration only; every call makes its own :class:`CallContext`. A call holds
+    every module of the model (:func:`ndcam.capture.model_lock`) from start to end, so concurrent calls on one model,
+    or on models that share a module (two heads on one backbone, a model and its wrapper) -- from this instance or any
+    other -- run one after the other and give the maps of sequential calls, and the model is left as it was; calls on
+    models that share nothing run in parallel.
 
     TorchScript modules (``torch.jit.script``/``trace``) are refused: their forward does not run Python forward hooks
     reliably, so no activation can be captured.

@@ -18,7 +18,6 @@ and goes on; ``batch_size=N`` asks for that from the start.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -29,6 +28,7 @@ from tqdm import tqdm  # type: ignore[import-untyped]
 from .. import ops
 from ..capture import slice_batch
 from ..errors import InputError, InputTypeError, LayerError, NdcamError, forward_failed
+from ..progress import progress_bar
 from .base import BaseCAM, CallContext, register
 
 __all__ = ["scorecam_weights", "ablationcam_weights", "ScoreCAM", "AblationCAM", "LayerSite"]
@@ -64,16 +64,8 @@ def ablationcam_weights(scores: torch.Tensor, ablated_scores: torch.Tensor, eps:
 
 
 def _progress_bar(total: int, label: str, progress: bool | None) -> tqdm:
-    """A tqdm bar over ``total`` channels. ``None``: only on a terminal and once 2 s have passed; ``True``: always
-    (every 30 s when stderr is not a terminal); ``False``: never.
-    """
-    tty = hasattr(sys.stderr, "isatty") and sys.stderr.isatty()
-    if progress is False:
-        return tqdm(total=total, disable=True)
-    if progress is None:
-        return tqdm(total=total, desc=label, unit="ch", disable=not tty, delay=2.0, leave=False, file=sys.stderr)
-    return tqdm(total=total, desc=label, unit="ch", file=sys.stderr, mininterval=0.1 if tty else 30.0,
-                dynamic_ncols=tty)
+    """A tqdm bar over ``total`` channels (the rule of :mod:`ndcam.core.progress`)."""
+    return progress_bar(total, label, progress, unit="ch")
 
 
 class _ModelFailed(Exception):
