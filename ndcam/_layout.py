@@ -4,6 +4,8 @@ The folders show the architecture -- :mod:`ndcam.core` (the engine), :mod:`ndcam
 :mod:`ndcam.app` (files, pictures, reports, the command line) and :mod:`ndcam.synthetic` (the demo's tasks) -- while
 users keep one short, stable name per module. :func:`register` makes each short name the *same module object* as its
 home (``ndcam.viz is ndcam.app.viz``), submodules included, so ``import ndcam.viz.ecg`` never loads a second copy.
+Type checkers find modules by their files: ``ndcam/<name>.pyi`` re-export each home for them (written by
+``scripts/make_public_stubs.py``).
 """
 
 from __future__ import annotations
@@ -37,6 +39,10 @@ PUBLIC_MODULES: dict[str, str] = {
     "data": "synthetic.data",
     "models": "synthetic.models",
 }
+
+#: short names that are functions on ``ndcam`` (``ndcam.explain``, ``ndcam.methods``): no stub for type checkers, who
+#: would take the name for the module; import those modules by their homes
+STUBLESS = frozenset({"explain", "methods"})
 
 
 def _alias(name: str, module: ModuleType) -> None:

@@ -113,3 +113,51 @@ def test_no_module_is_loaded_twice():
             files.setdefault(mod.__file__, set()).add(id(mod))
     assert all(len(ids) == 1 for ids in files.values())
 
+
+
+def _stub_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_public_stubs", PKG.parent / "scripts" / "make_public_stubs.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_type_checkers_get_a_stub_for_every_short_name():
+    """``ndcam/<name>.pyi`` re-exports each home (``python scripts/make_public_stubs.py`` rewrites them)."""
+    stubs = _stub_module()
+    for short, home in _layout.PUBLIC_MODULES.items():
+        path = PKG / f"{short}.pyi"
+        if short in _layout.STUBLESS:
+            assert not path.exists(), f"{path.name}: ndcam.{short} is a function for type checkers too"
+            continue
+        assert path.exists() and path.read_text() == stubs.stub_text(short, home), (
+            f"{path.name} is missing or stale: run python scripts/make_public_stubs.py")
+    extra = {p.stem for p in PKG.glob("*.pyi")} - set(_layout.PUBLIC_MODULES)
+    assert not extra, f"stubs without a public short name: {sorted(extra)}"
+
+
+@pytest.mark.slow
+def test_mypy_follows_the_short_names_in_user_code(tmp_path):
+    """A user's ``from ndcam.viz import plot_signal`` type-checks, and mypy sees the real signatures through it."""
+    pytest.importorskip("mypy")
+    import subprocess
+
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "ndcam").symlink_to(PKG, target_is_directory=True)
+    user = tmp_path / "user.py"
+    user.write_text(
+        "import ndcam\nimport ndcam.metrics\nfrom ndcam.targets import ClassTarget\nfrom ndcam.viz import plot_signal\n"
+        "from ndcam.report import html_report\n\n"
+        "t = ClassTarget(3)\nf = plot_signal\nh = html_report\nm = ndcam.metrics.deletion_auc\ng = ndcam.GradCAM\n"
+        "wrong: int = ndcam.viz.overlay\nalso_wrong: int = plot_signal\n"
+    )
+    env = {**__import__("os").environ, "MYPYPATH": str(site)}
+    res = subprocess.run([sys.executable, "-m", "mypy", "--follow-imports=silent",
+                          "--no-incremental", "--config-file", "/dev/null", str(user)],
+                         capture_output=True, text=True, env=env, cwd=tmp_path)
+    lines = [ln for ln in res.stdout.splitlines() if ": error:" in ln]
+    assert [ln.split(":")[1] for ln in lines] == ["12", "13"], res.stdout  # only the two wrong lines
+    assert "ndarray" in lines[0] and "def plot_signal" in lines[1], res.stdout  # the real signatures
