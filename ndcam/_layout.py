@@ -45,6 +45,17 @@ PUBLIC_MODULES: dict[str, str] = {
 STUBLESS = frozenset({"explain", "methods"})
 
 
+def public_name(module: str) -> str:
+    """The public spelling of a module name: ``ndcam.core.targets`` -> ``ndcam.targets`` (what fingerprints and
+    messages record, so that they do not depend on the folder layout); other names are returned as they are.
+    """
+    for short, home in PUBLIC_MODULES.items():
+        full = f"ndcam.{home}"
+        if module == full or module.startswith(full + "."):
+            return f"ndcam.{short}{module[len(full):]}"
+    return module
+
+
 def _alias(name: str, module: ModuleType) -> None:
     sys.modules.setdefault(name, module)
     for info in pkgutil.iter_modules(getattr(module, "__path__", [])):

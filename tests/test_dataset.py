@@ -130,6 +130,22 @@ def test_changed_settings_are_refused(tmp_path):
     assert ex.settings["method"] == "hirescam" and ex.done.all() and commits(out) == [0, 1]
 
 
+def test_target_objects_are_fingerprinted_with_their_fields_and_public_names(tmp_path):
+    """A store made with SoftmaxProbability(1) is not resumed by a run asking SoftmaxProbability(0); fingerprints name
+    ndcam's callables by their public module (``ndcam.targets``), not the folder they live in."""
+    from ndcam.targets import SoftmaxProbability
+
+    assert st.jsonable(SoftmaxProbability(1)) == {"callable:ndcam.targets.SoftmaxProbability": {"classes": 1}}
+    assert st.jsonable(ndcam.targets.logits_of) == "callable:ndcam.targets.logits_of"
+    assert st.jsonable(ndcam.TokenGrid) == "callable:ndcam.layers.TokenGrid"
+    ds, net = F.Signals(n=4), F.signal_net()
+    out = tmp_path / "s"
+    explain_dataset(net, ds, out, targets=SoftmaxProbability(1), batch_size=4, progress=False)
+    with pytest.raises(SettingsMismatchError, match="targets"):
+        explain_dataset(net, ds, out, targets=SoftmaxProbability(0), batch_size=4, progress=False)
+    explain_dataset(net, ds, out, targets=SoftmaxProbability(1), batch_size=4, progress=False)  # same: resumes
+
+
 def test_lock_of_another_job(tmp_path):
     ds, net = F.Signals(n=4), F.signal_net()
     out = tmp_path / "s"

@@ -191,3 +191,69 @@ def test_errors_are_ndcam_errors():
         ndcam.GradCAM(make_net(1), "fet")
     with pytest.raises(ndcam.NdcamError):
         ndcam.GradCAM(make_net(1), "feat")(make_input(1).int())
+
+
+class _Raises(nn.Module):
+    """A rank-2 net whose forward raises ``exc`` after its conv (so the layer is reached first)."""
+
+    def __init__(self, exc: BaseException):
+        super().__init__()
+        self.feat = nn.Conv2d(1, 3, 3, padding=1)
+        self.exc = exc
+
+    def forward(self, x):
+        self.feat(x)
+        raise self.exc
+
+
+def test_what_the_model_raises_is_a_forward_error_but_out_of_memory_and_warnings_pass_through():
+    x = torch.randn(2, 1, 8, 8)
+    with pytest.raises(ndcam.ForwardError, match="KeyError") as info:
+        ndcam.GradCAM(_Raises(KeyError("logits")), "feat")(x, 0)
+    assert isinstance(info.value.__cause__, KeyError)
+    oom = torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    with pytest.raises(torch.OutOfMemoryError):  # catchable as itself, not relabelled as a shape problem
+        ndcam.GradCAM(_Raises(oom), "feat")(x, 0)
+    with pytest.raises(MemoryError):
+        ndcam.ScoreCAM(_Raises(MemoryError()), "feat")(x, 0)
+    with pytest.raises(DeprecationWarning):  # e.g. -W error: the warning the model raised, as it is
+        ndcam.HiResCAM(_Raises(DeprecationWarning("old API")), "feat")(x, 0)
+
+
+def test_a_failing_reshape_adapter_is_a_layer_error_naming_the_layer():
+    model, x = make_net(2), make_input(2)
+
+    def bad(t):
+        raise KeyError("tokens")
+
+    with pytest.raises(ndcam.LayerError, match=r"reshape= \(bad\) failed on the output .* of layer 'feat'"):
+        ndcam.GradCAM(model, "feat", reshape=bad)(x, 0)
+
+
+def test_fullgrad_takes_biases_of_any_shape():
+    """A custom layer may hold its bias as (1, C, 1, 1); FullGrad's bias term is the same as for a flat (C,) bias."""
+
+    class Shift(nn.Module):
+        def __init__(self, bias):
+            super().__init__()
+            self.bias = nn.Parameter(bias)
+
+        def forward(self, t):
+            return t + self.bias.reshape(1, -1, 1, 1)
+
+    torch.manual_seed(0)
+    maps = []
+    for shape in [(4,), (1, 4, 1, 1), (4, 1, 1)]:
+        torch.manual_seed(0)
+        conv = nn.Conv2d(1, 4, 3, padding=1, bias=False)
+        shift = Shift(torch.linspace(-0.5, 0.5, 4).reshape(shape))
+        net = nn.Sequential(conv, shift, nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
+        maps.append(ndcam.FullGrad(net, layers=["1"])(torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(1)), 0))
+    torch.testing.assert_close(maps[1], maps[0])
+    torch.testing.assert_close(maps[2], maps[0])
+
+
+def test_expand_like_refuses_a_tensor_with_more_axes():
+    assert ndcam.ops.expand_like(torch.ones(2), torch.ones(2, 3, 4)).shape == (2, 1, 1)
+    with pytest.raises(ValueError, match="cannot broadcast"):
+        ndcam.ops.expand_like(torch.ones(1, 4, 1, 1, 1), torch.ones(2, 4, 5, 5))

@@ -37,7 +37,7 @@ from torch import nn
 
 from ..core import ops
 from ..core.capture import model_lock
-from ..core.errors import InputError, InputTypeError
+from ..core.errors import InputError, InputTypeError, model_forward
 
 __all__ = [
     "deletion_auc",
@@ -75,7 +75,8 @@ def _probabilities(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.
     outs = []
     with torch.no_grad():
         for s in range(0, x.shape[0], batch_size):
-            out = model(x[s : s + batch_size])
+            with model_forward(model, x):
+                out = model(x[s : s + batch_size])
             if out.ndim == 1:
                 out = out[:, None]
             if out.shape[1] == 1:

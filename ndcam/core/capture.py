@@ -43,7 +43,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import DeadlockError, InputTypeError, LayerError, model_forward
+from .errors import DeadlockError, InputTypeError, LayerError, NdcamError, model_forward
 
 __all__ = ["Capture", "ModelState", "ModelInputs", "ModelLock", "model_lock", "slice_batch", "tree_map"]
 
@@ -465,13 +465,29 @@ class Capture:
             f"ones) or, for token models, pass reshape= to turn tokens into a grid"
         )
 
+    def _reshaped(self, name: str, output: torch.Tensor) -> Any:
+        """The layer's output through ``reshape=``; what the adapter raises is a :class:`LayerError` naming the layer
+        (it is the caller's code, not the model's forward, that failed).
+        """
+        if self.reshape is None:
+            return output
+        try:
+            return self.reshape(output)
+        except NdcamError:
+            raise
+        except Exception as err:  # noqa: BLE001 -- whatever the adapter raises, with context
+            raise LayerError(
+                f"reshape= ({getattr(self.reshape, '__name__', type(self.reshape).__name__)}) failed on the output "
+                f"{tuple(output.shape)} of layer {name!r}: {type(err).__name__}: {err}"
+            ) from err
+
     def _make_hook(self, name: str):
         def hook(module: nn.Module, inputs: object, output: Any) -> torch.Tensor | None:
             if not self._recording:  # e.g. a checkpointed segment re-run by the backward
                 return None
             if not isinstance(output, torch.Tensor):
                 self._check(name, module, output)
-            self._check(name, module, self.reshape(output) if self.reshape is not None else output)
+            self._check(name, module, self._reshaped(name, output))
             self.names.append(name)
             if not self.need_grads:
                 self._raw.append(output.detach().clone())

@@ -50,13 +50,17 @@ def forward_failed(model: object, x: object, err: BaseException) -> ForwardError
 @contextlib.contextmanager
 def model_forward(model: object, x: object) -> Iterator[None]:
     """Run the model's own forward inside: whatever it raises becomes a :class:`ForwardError` naming the input (the
-    original chained as its cause); ndcam's own errors, raised by its hooks, pass through unchanged.
+    original chained as its cause). Passed through unchanged: ndcam's own errors (raised by its hooks), running out
+    of memory (``torch.OutOfMemoryError``, ``MemoryError``: lower ``batch_size`` or the input size) and warnings
+    turned into errors.
     """
     try:
         yield
-    except NdcamError:
+    except (NdcamError, MemoryError, Warning):  # ndcam's own; out of memory; a warning turned into an error
         raise
     except Exception as err:  # noqa: BLE001 -- whatever the model raises, with context
+        if type(err).__name__ == "OutOfMemoryError":  # torch.OutOfMemoryError (a RuntimeError): catchable as itself
+            raise
         raise forward_failed(model, x, err) from err
 
 

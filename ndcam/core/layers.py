@@ -388,7 +388,8 @@ def _reaching(model: nn.Module, x: torch.Tensor, candidates: list[_Choice]) -> _
                 out = _first_tensor(model(xs))
             except (RuntimeError, ValueError, TypeError, IndexError, AssertionError):
                 store.clear()
-                out = _first_tensor(model(x.detach().clone().requires_grad_(True)))
+                with model_forward(model, x):
+                    out = _first_tensor(model(x.detach().clone().requires_grad_(True)))
             have = [c for c in tokens if c.name in store and store[c.name].requires_grad]
             grads = torch.autograd.grad(out.sum(), [store[c.name] for c in have], allow_unused=True) \
                 if out is not None and out.requires_grad and have else []

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from einops import rearrange, reduce
 
 __all__ = [
+    "expand_like",
     "spatial_mean",
     "spatial_sum",
     "weighted_sum",
@@ -90,6 +91,8 @@ def expand_like(t: torch.Tensor, like: torch.Tensor | int) -> torch.Tensor:
     torch.Size([2, 3, 1, 1, 1])
     """
     ndim = like if isinstance(like, int) else like.ndim
+    if t.ndim > ndim:
+        raise ValueError(f"expand_like: a {t.ndim}-axis tensor cannot broadcast from the left against {ndim} axes")
     return t.reshape(t.shape + (1,) * (ndim - t.ndim))
 
 

@@ -24,6 +24,7 @@ visible, and a resumed run redoes exactly the units without a marker.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -236,5 +237,11 @@ def jsonable(value: Any) -> Any:
     if isinstance(value, nn.Module):
         return f"module:{type(value).__name__}:{weights_sha256(value)[:16]}"
     if callable(value):
-        return f"callable:{getattr(value, '__module__', '?')}.{getattr(value, '__qualname__', type(value).__name__)}"
+        from ..._layout import public_name  # the public module name, whatever folder the code lives in
+
+        owner = value if hasattr(value, "__qualname__") else type(value)
+        name = f"callable:{public_name(getattr(owner, '__module__', '?'))}.{owner.__qualname__}"
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):  # a target's classes, a grid's size...
+            return {name: jsonable({f.name: getattr(value, f.name) for f in dataclasses.fields(value)})}
+        return name
     return repr(value)

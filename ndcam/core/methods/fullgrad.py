@@ -143,7 +143,7 @@ class FullGrad(BaseCAM):
             for g, b in zip(g_layers, biases):
                 if b is None:
                     continue
-                term = fullgrad_postprocess(g * ops.expand_like(b.to(g.dtype)[None], g)).sum(1)
+                term = fullgrad_postprocess(g * ops.expand_like(b.to(g.dtype).reshape(1, -1), g)).sum(1)
                 total = total + ops.upsample(term, size)
             maps.append(total.detach())
         return [torch.stack(maps, dim=1)]
