@@ -226,11 +226,11 @@ def ref_layer_norm(v, weight, bias, eps=1e-5):
     return (v - mu) / torch.sqrt(var + eps) * weight + bias
 
 
-def ref_readout(z, norm, head, pool, norm_first, query=None):
+def ref_readout(z, norm, head, pool, norm_first, query=None, eps=1e-5):
     """LeGrad's read-out of a block's tokens z (N, T, D): the model's final LayerNorm (``norm = (weight, bias)``),
     the pooling (``"cls"``: token 0, ``"mean"``: all tokens, ``"patch-mean"``: tokens 1:, ``"map"``: attention of a
     learned ``query`` (D,) over tokens 1:, softmax of the scaled dot products) before or after it, and the linear head
-    (``head = (W, b)``): class scores (N, classes)."""
+    (``head = (W, b)``), the norm's ``eps``: class scores (N, classes)."""
 
     def attention_pool(t):
         t = t[:, 1:]
@@ -239,7 +239,7 @@ def ref_readout(z, norm, head, pool, norm_first, query=None):
 
     pools = {"cls": lambda t: t[:, 0], "mean": lambda t: t.mean(1), "patch-mean": lambda t: t[:, 1:].mean(1),
              "map": attention_pool}
-    h = pools[pool](ref_layer_norm(z, *norm)) if norm_first else ref_layer_norm(pools[pool](z), *norm)
+    h = pools[pool](ref_layer_norm(z, *norm, eps)) if norm_first else ref_layer_norm(pools[pool](z), *norm, eps)
     return h @ head[0].T + head[1]
 
 
@@ -252,6 +252,33 @@ def ref_layerwise_grads(tokens, attn, readout, score):
         (g,) = torch.autograd.grad(score(readout(z)).sum(), a, retain_graph=True)
         out.append(g.detach().numpy())
     return out
+
+
+def ref_mha(q_in, k_in, v_in, proj, heads, key_padding_mask=None, attn_mask=None):
+    r"""Multi-head attention written out from the layer's weights, batch-first: ``q_in (N, Q, D)``, ``k_in (N, K,
+    Dk)``, ``v_in (N, K, Dv)``; ``proj = (Wq, Wk, Wv, bq, bk, bv, Wo, bo)`` (``nn.MultiheadAttention``'s
+    ``in_proj_weight``/``in_proj_bias`` split in three, or its ``q/k/v_proj_weight``, and ``out_proj``).
+    ``key_padding_mask (N, K)``: True = ignored key; ``attn_mask (Q, K)``: True = not allowed, or added to the
+    logits when floating. Returns ``(output (N, Q, D), A (N, heads, Q, K))``: the probabilities
+    :math:`A = \mathrm{softmax}(q k^T / \sqrt{d_h} + \mathrm{mask})` and the output computed from them, so
+    ``d output / d A`` is the layer's own."""
+    wq, wk, wv, bq, bk, bv, wo, bo = proj
+    n, tq, d = q_in.shape
+    tk = k_in.shape[1]
+    dh = d // heads
+
+    def split(t, length):
+        return t.reshape(n, length, heads, -1).transpose(1, 2)
+
+    q, k, v = split(q_in @ wq.T + bq, tq), split(k_in @ wk.T + bk, tk), split(v_in @ wv.T + bv, tk)
+    logits = q @ k.transpose(-1, -2) / math.sqrt(dh)
+    if attn_mask is not None:
+        logits = logits.masked_fill(attn_mask, -math.inf) if attn_mask.dtype == torch.bool else logits + attn_mask
+    if key_padding_mask is not None:
+        logits = logits.masked_fill(key_padding_mask[:, None, None, :], -math.inf)
+    a = torch.softmax(logits, dim=-1)
+    out = (a @ v).transpose(1, 2).reshape(n, tq, d) @ wo.T + bo
+    return out, a
 
 
 def ref_layercam_fusion(maps, size, gamma=2.0):

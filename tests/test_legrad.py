@@ -195,7 +195,7 @@ def test_top1_targets_are_the_model_classes():
 
 
 def test_token_layers_keep_the_model_score_unless_a_readout_is_given():
-    """Blocks as layers (reshape=TokenGrid, the route for nn.MultiheadAttention): "auto" differentiates the model's
+    """Blocks as layers (reshape=TokenGrid): "auto" differentiates the model's
     score (a block's own tokens read out through a class-token head give zero at every patch); an explicit read-out
     is applied to each block's own tokens: the gradient of s^l w.r.t. Z^l, averaged over the embedding channels."""
     grid = (3, 4)

@@ -16,7 +16,9 @@ Compared on 2D and 3D (torch-cam upsamples 1D masks with "nearest", ndcam linear
   ``nn.MultiheadAttention`` computing its probabilities with an ``nn.Softmax`` module (which ndcam captures; torch-cam
   replays the attention from the returned per-head weights): torch-cam's default read-out (mean of all tokens, then
   ``encoder.ln`` and ``heads``) == ``LeGrad(readout=<that callable>)``, and torch-cam given the model's own class-token
-  read-out as ``score_projection`` == ``LeGrad(readout="auto")``.
+  read-out as ``score_projection`` == ``LeGrad(readout="auto")``; the same on a stand-in of torchvision's
+  VisionTransformer with torch's own ``nn.MultiheadAttention`` (ndcam differentiates the probabilities torch's forward
+  computes the output from; torch-cam recomputes the attention output from the returned weights).
 Not compared (documented differences): Smooth Grad-CAM++ (torch-cam sums ``A * D3`` over positions and uses the
 last noisy gradient), LayerCAM fusion (torch-cam scales every layer, the deepest too). pytorch-grad-cam's versions of
 the issue-10 methods (FEM, KPCA-CAM, ShapleyCAM, Finer-CAM, RandomCAM, DFF) are compared in tests/test_peers_pgc.py;
@@ -171,6 +173,29 @@ def test_legrad_matches_torchcam(tm):
     torch.testing.assert_close(ours.double(), theirs, atol=1e-6 * float(theirs.abs().max()), rtol=1e-5)
     # the model's own read-out (class token), found by ndcam, given to torch-cam as its score projection
     auto = ndcam.LeGrad(model, softmaxes, grid=grid, prefix=1)
+    assert auto.readout_for(x) == "heads(encoder.ln(tokens)[:, 0])"
+    theirs = _theirs(tm.LeGrad(model, blocks, prefix_tokens=1, grid_shape=grid,
+                               score_projection=lambda t: model.heads(model.encoder.ln(t)[:, 0])), model, x, targets)
+    ours = auto(x, targets, upsample=False, normalize=False)
+    torch.testing.assert_close(ours.double(), theirs, atol=1e-6 * float(theirs.abs().max()), rtol=1e-5)
+    assert not torch.allclose(ours, mean(x, targets, upsample=False, normalize=False))
+
+
+def test_legrad_on_torch_multihead_attention_matches_torchcam(tm):
+    from .test_legrad_mha import VisionTransformer
+
+    torch.manual_seed(0)
+    model = VisionTransformer(2).double().eval()
+    x = torch.randn(2, 1, 6, 8, dtype=torch.float64)
+    grid, targets = (3, 4), [3, 1]
+    blocks = [f"encoder.layers.encoder_layer_{i}" for i in range(3)]
+    mean = ndcam.LeGrad(model, model.layers, grid=grid, prefix=1,
+                        readout=lambda z: model.heads(model.encoder.ln(z.mean(1))))
+    theirs = _theirs(tm.LeGrad(model, blocks, prefix_tokens=1, grid_shape=grid), model, x, targets)
+    ours = mean(x, targets, upsample=False, normalize=False)
+    assert float(theirs.abs().max()) > 0
+    torch.testing.assert_close(ours.double(), theirs, atol=1e-6 * float(theirs.abs().max()), rtol=1e-5)
+    auto = ndcam.LeGrad(model, model.layers, grid=grid, prefix=1)
     assert auto.readout_for(x) == "heads(encoder.ln(tokens)[:, 0])"
     theirs = _theirs(tm.LeGrad(model, blocks, prefix_tokens=1, grid_shape=grid,
                                score_projection=lambda t: model.heads(model.encoder.ln(t)[:, 0])), model, x, targets)

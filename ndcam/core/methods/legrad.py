@@ -22,26 +22,30 @@ unlike the per-layer normalized mean of the other methods.
 * ``"auto"`` (default) on attention layers (given with ``grid=``, i.e. an :class:`AttentionGrid`): ndcam finds the
   model's own read-out and checks it. The layers must sit in a stack of blocks -- the outermost ``nn.ModuleList`` /
   ``nn.Sequential`` above them whose children are all of one class (timm's ``blocks``, torchvision's
-  ``encoder.layers``, Hugging Face's ``encoder.layer``), one layer per block; :math:`Z^l` is the output of the block
-  holding layer :math:`l`. During the explained forward pass ndcam records the modules that run after the last block
-  (``norm``, ``fc_norm``, ``head``, ...) and accepts them as :math:`\rho` only if they form one chain from the last
-  block's tokens to the model's class scores, with at most one step between modules that is not a module -- the
-  class token, the mean of all tokens, the mean of the tokens after the ``prefix``, or the tokens after the prefix
-  (before an attention-pooling module) -- identified by its values. The chain re-applied to the last block's tokens
-  must give the model's output, so :math:`s^L` *is* the model's own score and the last block's map is the same as
-  with ``readout="model"``. Anything else -- several poolings fitting the values (all tokens equal, e.g. a constant
-  input), a module after the blocks that is not on the chain, an output changed without a module, no stack -- is
-  refused with an :class:`~ndcam.LayerError` naming what did not fit: ndcam never applies a read-out it has not
-  checked. :meth:`LeGrad.readout_for` shows the one found, e.g. ``head(norm(tokens)[:, 0])``.
+  ``encoder.layers``, ``nn.TransformerEncoder``'s ``layers``, Hugging Face's ``encoder.layer``), one layer per block;
+  :math:`Z^l` is the output of the block holding layer :math:`l`. During the explained forward pass ndcam records the
+  modules that run after the last block (``norm``, ``fc_norm``, ``head``, ...) and accepts them as :math:`\rho` only
+  if they form one chain from the last block's tokens to the model's class scores, with at most one step between
+  modules that is not a module -- the class token, the mean of all tokens, the mean of the tokens after the
+  ``prefix``, or the tokens after the prefix (before an attention-pooling module) -- identified by its values. Tokens
+  are ``(N, T, D)``, or ``(T, N, D)`` for sequence-first ``nn.MultiheadAttention`` layers (``batch_first=False``:
+  poolings ``tokens[0]``, ``tokens.mean(0)``, ...); the layout is read from the batch size, the layers'
+  ``batch_first`` deciding when ``T == N``. The chain re-applied to the last block's tokens must give the model's
+  output, so :math:`s^L` *is* the model's own score and the last block's map is the same as with ``readout="model"``.
+  Anything else -- several poolings fitting the values (all tokens equal, e.g. a constant input), a module after the
+  blocks that is not on the chain, an output changed without a module, no stack -- is refused with an
+  :class:`~ndcam.LayerError` naming what did not fit: ndcam never applies a read-out it has not checked.
+  :meth:`LeGrad.readout_for` shows the one found, e.g. ``head(norm(tokens)[:, 0])``.
 
   On any other layer ``"auto"`` uses the model's own score, as ``"model"``: a CNN feature map has no tokens, and a
   block's *own* tokens read out through the head give a gradient that does not depend on where the token is (a
   class-token read-out depends on the class token only -- zero at every patch; a mean pooled before the final norm
   gives the same gradient at every token), so the map would be empty or constant.
 * a module or callable ``tokens (N, T, D) -> class scores (N, classes)``: the read-out, applied to the tokens after
-  each layer's block (a layer that is itself a block, or outside any stack, is read out from its own output). The
-  authors' code (and torch-cam) pools by the mean of *all* tokens, class token included, before the final norm, also
-  for models whose head reads the class token: ``readout=lambda z: model.head(model.norm(z.mean(1)))``.
+  each layer's block as the block gives them (``(T, N, D)`` after sequence-first blocks) (a layer that is itself a
+  block, or outside any stack, is read out from its own output). The authors' code (and torch-cam) pools by the mean
+  of *all* tokens, class token included, before the final norm, also for models whose head reads the class token:
+  ``readout=lambda z: model.head(model.norm(z.mean(1)))``.
 * ``"model"``: the model's own final score for every layer (ndcam's behaviour before the read-out existed). The
   gradient at an intermediate layer then also flows through the later blocks; both agree for the last block.
 
@@ -49,14 +53,31 @@ Targets given as classes pick the class from the read-out's scores; a callable t
 scores ``(N, classes)`` (a tensor, whatever the model's output structure) and must give as many scores per sample as
 on the model's output.
 
-How ndcam reaches the attention probabilities: pass as ``layers`` the modules whose output *is* the attention
-probabilities -- e.g. an ``nn.Softmax`` (or dropout) module inside each attention block -- and ``grid=``/``prefix=``;
+How ndcam reaches the attention probabilities (always with ``grid=``/``prefix=``): pass as ``layers``
+
+* ``torch.nn.MultiheadAttention`` layers themselves -- torchvision's ViT
+  ``encoder.layers.encoder_layer_<i>.self_attention``, ``nn.TransformerEncoder``'s ``layers.<i>.self_attn``, a
+  user's own -- also when the blocks call them with ``need_weights=False`` or torch would take a fused fast path.
+  During the explained forward only, ndcam makes each one run torch's own unfused forward with
+  ``need_weights=True, average_attn_weights=False`` and differentiates the softmax output that forward multiplies
+  with the values (the per-head weights it returns are a view of it): the probabilities the model's output is
+  computed from, not a recomputation. The model's outputs are those of torch's unfused computation (equal to the
+  fused ones up to rounding), every caller of the layer receives what it asked for (``None``, the head-averaged or
+  the per-head weights), and the hooks, the grad mode and the thread-local ``TorchFunctionMode`` that keeps the fast
+  paths aside are undone when the forward ends, also on error (:mod:`ndcam.core.methods._mha`). ``batch_first``
+  True or False, ``kdim``/``vdim``, ``key_padding_mask`` and ``attn_mask``, attention dropout (off in eval) are
+  supported. Refused with a :class:`~ndcam.LayerError` before the forward: a subclass with its own ``forward`` or a
+  forward replaced on the instance, ``add_bias_kv``/``add_zero_attn`` (keys that are no tokens), an attention layer
+  that is itself a block of the stack, a ``reshape=`` other than the attention grid; during it: unbatched or nested
+  inputs, and a torch whose returned weights are not a view of the tensor its output is computed from;
+* or the modules whose output *is* the attention probabilities -- e.g. an ``nn.Softmax`` (or dropout) module inside
+  each attention block of a timm-style model.
+
 :class:`AttentionGrid` turns ``(N, heads, queries, keys)`` (or ``(N, queries, keys)``) into ``(N, heads*queries,
 *grid)``, so "channels" are (head, query) pairs and the map is the channel mean of the positive gradient
-(:func:`legrad_map`). ``torch.nn.MultiheadAttention`` does not expose its probabilities as a module output; there,
-capture the blocks' token outputs with ``reshape=ndcam.TokenGrid(grid, prefix=...)`` instead: the same formula then
-averages the positive gradient of the model's score with respect to the block's tokens over the embedding channels
-(not the paper's per-layer read-out, see above).
+(:func:`legrad_map`). Alternatively, capture the blocks' token outputs with ``reshape=ndcam.TokenGrid(grid,
+prefix=...)``: the same formula then averages the positive gradient of the model's score with respect to the
+block's tokens over the embedding channels (not the paper's per-layer read-out, see above).
 
 LeGrad reads gradients only. On a CNN's last feature map before global average pooling the gradient of a class score
 is the same at every position, so the map is constant (all-zero once normalized): use it on attention or token layers.
@@ -78,6 +99,7 @@ from torch import nn
 from ..errors import InputError, InputTypeError, LayerError, NdcamError
 from ..layers import TokenGrid
 from ..targets import logits_of
+from ._mha import MHAProbabilities, check_attention_module, is_mha
 from .base import BaseCAM, CallContext, range_and_normalize, register
 
 __all__ = ["AttentionGrid", "legrad_map", "LeGrad"]
@@ -86,6 +108,21 @@ __all__ = ["AttentionGrid", "legrad_map", "LeGrad"]
 Readout = Union[str, Callable[[torch.Tensor], torch.Tensor]]
 
 _STATE = "legrad.recorder"
+_MHA = "legrad.attention"
+
+
+def _check_attention_layers(layers: Sequence[tuple[str, nn.Module]], reshape: Any) -> None:
+    """``nn.MultiheadAttention`` target layers: LeGrad takes their per-head probabilities, laid out by ``grid=``."""
+    for name, module in layers:
+        if not is_mha(module):
+            continue
+        if not isinstance(reshape, AttentionGrid):
+            raise LayerError(
+                f"LeGrad: {name!r} is an nn.MultiheadAttention; ndcam takes its attention probabilities (N, heads, "
+                f"queries, keys), which need grid= (and prefix=) to lay the keys out on the patch grid"
+                + (f", not reshape={reshape!r}" if reshape is not None else "")
+            )
+        check_attention_module(name, module)  # type: ignore[arg-type]
 
 
 class AttentionGrid:
@@ -142,6 +179,7 @@ class _Plan:
     blocks: list[tuple[str, nn.Module]]
     tail: list[tuple[str, nn.Module]]
     layers: set[str]
+    token_axis: int = 1  # 0 when the attention layers are sequence-first (batch_first=False): tokens (T, N, D)
 
 
 def _ancestors(name: str) -> list[str]:
@@ -309,35 +347,38 @@ def _close(a: torch.Tensor | None, b: torch.Tensor | None) -> bool:
 
 @dataclass(frozen=True)
 class _Pool:
-    """A step on the tokens ``(N, T, D)`` between two modules of the read-out, done without a module: a pooling to
-    ``(N, D)`` (class token, mean of all tokens, mean after the prefix) or dropping the prefix tokens (timm's
-    attention-pooling head).
+    """A step on the tokens between two modules of the read-out, done without a module: a pooling of the token axis
+    (class token, mean of all tokens, mean after the prefix) or dropping the prefix tokens (timm's attention-pooling
+    head). ``axis`` is the token axis: 1 for ``(N, T, D)``, 0 for sequence-first ``(T, N, D)`` tokens
+    (``batch_first=False``).
     """
 
     kind: str  # "class token" | "mean" | "mean after prefix" | "drop prefix"
     prefix: int = 0
+    axis: int = 1
 
     def __call__(self, t: torch.Tensor) -> torch.Tensor:
         if self.kind == "class token":
-            return t[:, 0]
-        if self.kind == "drop prefix":
-            return t[:, self.prefix :]
-        return t[:, self.prefix :].mean(dim=1)
+            return t.select(self.axis, 0)
+        kept = t.narrow(self.axis, self.prefix, t.shape[self.axis] - self.prefix)
+        return kept if self.kind == "drop prefix" else kept.mean(dim=self.axis)
 
     def text(self, inner: str) -> str:
+        lead = ":, " * self.axis
         if self.kind == "class token":
-            return f"{inner}[:, 0]"
+            return f"{inner}[{lead}0]"
         if self.kind == "drop prefix":
-            return f"{inner}[:, {self.prefix}:]"
-        return f"{inner}[:, {self.prefix}:].mean(1)" if self.prefix else f"{inner}.mean(1)"
+            return f"{inner}[{lead}{self.prefix}:]"
+        return f"{inner}[{lead}{self.prefix}:].mean({self.axis})" if self.prefix else f"{inner}.mean({self.axis})"
 
 
-def _pools(prefix: int, tokens: int, ndim: int) -> list[_Pool]:
+def _pools(prefix: int, tokens: int, ndim: int, axis: int) -> list[_Pool]:
     """The candidate steps from tokens to a tensor of ``ndim`` axes."""
     with_prefix = 0 < prefix < tokens
     if ndim == 3:
-        return [_Pool("drop prefix", prefix)] if with_prefix else []
-    return [_Pool("class token"), _Pool("mean")] + ([_Pool("mean after prefix", prefix)] if with_prefix else [])
+        return [_Pool("drop prefix", prefix, axis)] if with_prefix else []
+    return [_Pool("class token", 0, axis), _Pool("mean", 0, axis)] + (
+        [_Pool("mean after prefix", prefix, axis)] if with_prefix else [])
 
 
 class _ModelReadout:
@@ -374,8 +415,8 @@ def _refuse_auto(why: str) -> LayerError:
     )
 
 
-def _match_pool(tokens: torch.Tensor, pooled: torch.Tensor, prefix: int, where: str, prev: str) -> _Pool:
-    fits = [p for p in _pools(prefix, tokens.shape[1], pooled.ndim) if _close(p(tokens), pooled)]
+def _match_pool(tokens: torch.Tensor, pooled: torch.Tensor, prefix: int, axis: int, where: str, prev: str) -> _Pool:
+    fits = [p for p in _pools(prefix, tokens.shape[axis], pooled.ndim, axis) if _close(p(tokens), pooled)]
     if not fits:
         raise _refuse_auto(
             f"{where} receives {tuple(pooled.shape)} values that are neither {prev} {tuple(tokens.shape)} nor their "
@@ -391,20 +432,34 @@ def _match_pool(tokens: torch.Tensor, pooled: torch.Tensor, prefix: int, where: 
     return fits[0]
 
 
-def _discover(rec: _Recorder, output: Any, prefix: int) -> _ModelReadout:
+def _token_axis(z: torch.Tensor, n: int, hint: int, block: str) -> int:
+    """The token axis of a block's output: 1 for ``(N, T, D)``, 0 for ``(T, N, D)``; ``hint`` (the attention layers'
+    ``batch_first``) decides when ``T == N``.
+    """
+    batch_first, seq_first = z.shape[0] == n, z.shape[1] == n
+    if batch_first and seq_first:
+        return hint
+    if batch_first or seq_first:
+        return 1 if batch_first else 0
+    raise _refuse_auto(f"the last block {block!r} gives {tuple(z.shape)}: no axis of the batch size {n} before the "
+                       f"embedding, so these are not tokens (N, T, D) or (T, N, D)")
+
+
+def _discover(rec: _Recorder, output: Any, prefix: int, n: int) -> _ModelReadout:
     """The chain of modules after the last block, checked against the recorded values and the model's output."""
     z = rec.last
     stack = rec.plan.stack
     after = f"after the last block {rec.last_block!r}" + ("" if stack is None else f" of the stack {stack or '<model>'!r}")
     if z is None or z.ndim != 3:
         got = "no tensor" if z is None else f"shape {tuple(z.shape)}"
-        raise _refuse_auto(f"the last block {rec.last_block!r} gives {got}, not tokens (N, T, D)")
+        raise _refuse_auto(f"the last block {rec.last_block!r} gives {got}, not tokens (N, T, D) or (T, N, D)")
     try:
         logits = logits_of(output)
     except InputTypeError as err:
         raise _refuse_auto(f"the model's class scores cannot be read from its output ({err})") from None
     if logits.ndim == 1:
         logits = logits[:, None]
+    axis = _token_axis(z, n, rec.plan.token_axis, rec.last_block)
     cur: torch.Tensor = z.detach()
     steps: list[tuple[str, nn.Module]] = []
     pool: _Pool | None = None
@@ -416,7 +471,7 @@ def _discover(rec: _Recorder, output: Any, prefix: int) -> _ModelReadout:
         prev = f"the output of {steps[-1][0]!r}" if steps else "the last block's tokens"
         if not _close(call.inp, cur):
             if pool is None and cur.ndim == 3 and call.inp.ndim in (2, 3):
-                pool, pool_at = _match_pool(cur, call.inp, prefix, f"{call.name!r} (run {after})", prev), i
+                pool, pool_at = _match_pool(cur, call.inp, prefix, axis, f"{call.name!r} (run {after})", prev), i
             else:
                 raise _refuse_auto(
                     f"{call.name!r} runs {after} but its input {tuple(call.inp.shape)} is not {prev} (nor a pooling "
@@ -427,7 +482,7 @@ def _discover(rec: _Recorder, output: Any, prefix: int) -> _ModelReadout:
     if not _close(cur, logits):
         if pool is None and cur.ndim == 3 and logits.ndim == 2 and cur.shape[-1] == logits.shape[-1]:
             last = f"the output of {steps[-1][0]!r}" if steps else "the last block's tokens"
-            pool, pool_at = _match_pool(cur, logits, prefix, "the model's output", last), len(steps)
+            pool, pool_at = _match_pool(cur, logits, prefix, axis, "the model's output", last), len(steps)
         else:
             last = f"the output of {steps[-1][0]!r}" if steps else f"the tokens of {rec.last_block!r}"
             raise _refuse_auto(
@@ -449,7 +504,8 @@ class LeGrad(BaseCAM):
 
     Args:
         model: a token model.
-        layers: attention-probability modules, one per block (with ``grid=``), or blocks with token outputs (with
+        layers: attention layers, one per block (with ``grid=``): ``nn.MultiheadAttention`` modules or modules whose
+            output is the attention probabilities; or blocks with token outputs (with
             ``reshape=ndcam.TokenGrid(...)``); several layers are averaged.
         grid: patch grid of the keys; builds ``reshape=AttentionGrid(grid, prefix)`` (omit it when passing
             ``reshape=`` yourself).
@@ -462,6 +518,8 @@ class LeGrad(BaseCAM):
 
     Raises:
         InputError / InputTypeError: ``readout`` is none of these (at construction).
+        LayerError: an ``nn.MultiheadAttention`` layer whose probabilities cannot be taken (at construction, see
+            the module docstring).
 
     Example:
         >>> import torch, ndcam
@@ -512,6 +570,8 @@ class LeGrad(BaseCAM):
             options["reshape"] = AttentionGrid(grid, prefix)
         super().__init__(model, layers, **options)
         self.readout = readout
+        if self._layers is not None:
+            _check_attention_layers(self._layers, self.reshape)  # refused at construction, before any forward
 
     def __repr__(self) -> str:
         base = super().__repr__()[:-1]
@@ -535,28 +595,59 @@ class LeGrad(BaseCAM):
             return self.readout == "auto" and isinstance(ctx.reshape, AttentionGrid)
         return True
 
+    def _layers_for(self, ctx: CallContext) -> tuple[list[tuple[str, nn.Module]], Callable | None]:
+        """The call's layers, each ``nn.MultiheadAttention`` replaced by the probe that receives its per-head
+        probabilities (:class:`~ndcam.core.methods._mha.MHAProbabilities`, kept in ``ctx.state`` for the forward).
+        """
+        layers, reshape = super()._layers_for(ctx)
+        ctx.state.pop(_MHA, None)
+        if any(is_mha(m) for _, m in layers):
+            _check_attention_layers(layers, reshape)
+            probs = MHAProbabilities(layers)
+            ctx.state[_MHA] = probs
+            layers = probs.layers
+        return layers, reshape
+
     def _forward_context(self, ctx: CallContext) -> contextlib.AbstractContextManager:
-        if not self._layerwise(ctx):
+        probs = ctx.state.get(_MHA)
+        plan = None
+        if self._layerwise(ctx):
+            plan = _plan(self.model, ctx.layers, isinstance(ctx.reshape, AttentionGrid))  # refused before the forward
+            if probs is not None:
+                own = [n for n, _ in probs.modules if plan.block_of.get(n) == n]
+                if own:
+                    raise LayerError(f"LeGrad: the nn.MultiheadAttention {own[0]!r} is itself a block of the stack "
+                                     f"{plan.stack!r}; its output is no tokens to read out: pass attention layers "
+                                     f"inside blocks, or readout='model'")
+                if not any(m.batch_first for _, m in probs.modules):
+                    plan.token_axis = 0  # sequence-first attention: the blocks' tokens are (T, N, D)
+        if plan is None and probs is None:
             return contextlib.nullcontext()
-        plan = _plan(self.model, ctx.layers, isinstance(ctx.reshape, AttentionGrid))  # refused before the forward
-        return self._recording(ctx, plan)
+        return self._recording(ctx, plan, probs)
 
     @contextlib.contextmanager
-    def _recording(self, ctx: CallContext, plan: _Plan) -> Iterator[None]:
-        rec = _Recorder(plan)
+    def _recording(self, ctx: CallContext, plan: _Plan | None, probs: MHAProbabilities | None) -> Iterator[None]:
+        rec = None if plan is None else _Recorder(plan)
         try:
-            rec.attach()
-            ctx.state[_STATE] = rec
+            if probs is not None:
+                probs.__enter__()
+            if rec is not None:
+                rec.attach()
+                ctx.state[_STATE] = rec
             yield
         finally:
-            rec.detach()
-            ctx.state.pop(_STATE, None)
+            if rec is not None:
+                rec.detach()
+                ctx.state.pop(_STATE, None)
+            if probs is not None:
+                probs.finish()
+            ctx.state.pop(_MHA, None)
 
     def _readout(self, ctx: CallContext, rec: _Recorder) -> Callable[[torch.Tensor], torch.Tensor]:
         if callable(self.readout):
             return self.readout
         prefix = ctx.reshape.prefix if isinstance(ctx.reshape, (AttentionGrid, TokenGrid)) else 0
-        readout = _discover(rec, ctx.output, prefix)
+        readout = _discover(rec, ctx.output, prefix, ctx.n)
         assert rec.last is not None and ctx.scores is not None
         again = self._scores_of(ctx, readout, rec.last.detach(), rec.last_block)
         if not _close(again, ctx.scores.detach()):
@@ -599,46 +690,88 @@ class LeGrad(BaseCAM):
         return s
 
     def _layer_maps(self, ctx: CallContext) -> list[torch.Tensor]:
-        rec = ctx.state.get(_STATE)
-        if rec is None:
+        rec, probs = ctx.state.get(_STATE), ctx.state.get(_MHA)
+        if rec is None and probs is None:
             return super()._layer_maps(ctx)
-        rec.detach()  # the forward is over: re-applying the read-out must not record
-        cap, sc, class_idx = ctx.cap, ctx.scores, ctx.class_idx
+        # the forward is over: re-applying the read-out must not record, torch's fast paths are back
+        if probs is not None:
+            probs.finish()
+        if rec is not None:
+            rec.detach()
+        cap, sc = ctx.cap, ctx.scores
         assert cap is not None and sc is not None
+        # what the gradient is taken with respect to: the recorded output, or for nn.MultiheadAttention the
+        # softmax output its per-head weights view (the tensor on the path to the model's output)
+        on_path = probs.on_path if probs is not None else (lambda t: t)
+        with torch.enable_grad():
+            if rec is None:
+                return self._model_score_maps(ctx, on_path)
+            return self._readout_maps(ctx, rec, on_path)
+
+    def _gradient_map(self, ctx: CallContext, g: torch.Tensor, raw: torch.Tensor, a: torch.Tensor,
+                      k: int) -> torch.Tensor:
+        g = g.view(raw.shape)  # the softmax output (N*heads, Q, K) as the per-head weights (N, heads, Q, K)
+        if ctx.reshape is not None:
+            g = ctx.reshape(g)
+        class_idx = ctx.class_idx
+        cls_k = None if class_idx is None else (class_idx[:, k] if class_idx.ndim == 2 else class_idx)
+        return self._one(a, g, cls_k)
+
+    def _model_score_maps(self, ctx: CallContext, on_path: Callable[[torch.Tensor], torch.Tensor]) -> list[torch.Tensor]:
+        """``readout="model"`` (or a call without a per-layer read-out) on attention probabilities taken from
+        ``nn.MultiheadAttention``: the model's own scores at every layer, one backward per target.
+        """
+        cap, sc = ctx.cap, ctx.scores
+        assert cap is not None and sc is not None
+        raws, acts = cap.outputs_with_graph, cap.activations
+        targets = [on_path(r) for r in raws]
+        per_layer: list[list[torch.Tensor]] = [[] for _ in raws]
+        for k in range(sc.shape[1]):
+            grads = torch.autograd.grad(sc[:, k].sum(), targets, retain_graph=True, allow_unused=True)
+            for maps, name, raw, a, g in zip(per_layer, cap.names, raws, acts, grads):
+                if g is None:
+                    raise LayerError(f"LeGrad: the target scores do not depend on layer {name!r} (no gradient path "
+                                     f"from the scores back to the layer)")
+                maps.append(self._gradient_map(ctx, g, raw, a, k))
+            del grads
+        return [torch.stack(m, dim=1) for m in per_layer]
+
+    def _readout_maps(self, ctx: CallContext, rec: _Recorder,
+                      on_path: Callable[[torch.Tensor], torch.Tensor]) -> list[torch.Tensor]:
+        """Per block: the read-out's scores of the block's tokens, differentiated w.r.t. the block's layer."""
+        cap = ctx.cap
+        assert cap is not None
         readout = self._readout(ctx, rec)
         if "readout" in ctx.saved:
             ctx.saved["readout"].append(repr(readout))
         acts, raws = cap.activations, cap.outputs_with_graph
         seen: dict[str, int] = {}
         per_layer = []
-        with torch.enable_grad():
-            for name, raw, a in zip(cap.names, raws, acts):
-                j = seen[name] = seen.get(name, -1) + 1
-                block = rec.plan.block_of[name]
-                calls = rec.block_out.get(block, [])
-                if block == name:
-                    z = raw
-                elif j < len(calls):
-                    z = calls[j]
-                else:
-                    raise LayerError(f"LeGrad: layer {name!r} ran {j + 1} time(s) but its block {block!r} "
-                                     f"{len(calls)}; a layer and its block must run together")
-                s = self._scores_of(ctx, readout, z, block)
-                if not s.requires_grad:
-                    raise LayerError(f"LeGrad: the read-out of block {block!r} does not depend on layer {name!r} "
-                                     f"(no gradient path from the block's tokens to the layer)")
-                maps = []
-                for k in range(s.shape[1]):
-                    (g,) = torch.autograd.grad(s[:, k].sum(), raw, retain_graph=True, allow_unused=True)
-                    if g is None:
-                        raise LayerError(f"LeGrad: the read-out of block {block!r} does not depend on layer "
-                                         f"{name!r} (no gradient path from the block's tokens to the layer)")
-                    if ctx.reshape is not None:
-                        g = ctx.reshape(g)
-                    cls_k = None if class_idx is None else (class_idx[:, k] if class_idx.ndim == 2 else class_idx)
-                    maps.append(self._one(a, g, cls_k))
-                    del g
-                per_layer.append(torch.stack(maps, dim=1))
+        for name, raw, a in zip(cap.names, raws, acts):
+            j = seen[name] = seen.get(name, -1) + 1
+            block = rec.plan.block_of[name]
+            calls = rec.block_out.get(block, [])
+            if block == name:
+                z = raw
+            elif j < len(calls):
+                z = calls[j]
+            else:
+                raise LayerError(f"LeGrad: layer {name!r} ran {j + 1} time(s) but its block {block!r} "
+                                 f"{len(calls)}; a layer and its block must run together")
+            s = self._scores_of(ctx, readout, z, block)
+            if not s.requires_grad:
+                raise LayerError(f"LeGrad: the read-out of block {block!r} does not depend on layer {name!r} "
+                                 f"(no gradient path from the block's tokens to the layer)")
+            target = on_path(raw)
+            maps = []
+            for k in range(s.shape[1]):
+                (g,) = torch.autograd.grad(s[:, k].sum(), target, retain_graph=True, allow_unused=True)
+                if g is None:
+                    raise LayerError(f"LeGrad: the read-out of block {block!r} does not depend on layer "
+                                     f"{name!r} (no gradient path from the block's tokens to the layer)")
+                maps.append(self._gradient_map(ctx, g, raw, a, k))
+                del g
+            per_layer.append(torch.stack(maps, dim=1))
         return per_layer
 
     # -- inspection -----------------------------------------------------------------------------------------------
