@@ -400,9 +400,9 @@ def _reaching(model: nn.Module, x: torch.Tensor, candidates: list[_Choice]) -> t
 
     When the output depends on none of the token layers -- every gradient, class tokens included, is zero, as for a
     head initialised to zero (torchvision's ``VisionTransformer`` before training) -- the output cannot tell which
-    tokens its head reads. The probe then differentiates the prefix (class) tokens of the last token layer instead,
-    which is what a class-token head reads, and finds the same layer as for trained weights. That finding is not
-    cached, so the model is probed again once its weights make the output depend on the tokens.
+    tokens its head reads. The probe then differentiates the squared norm of the prefix (class) tokens of the last
+    token layer instead, which is what a class-token head reads, and finds the same layer as for trained weights.
+    That finding is not cached, so the model is probed again once its weights make the output depend on the tokens.
     """
     tokens = [c for c in candidates if c.layout == "tokens"]
     norms = [c for c in tokens if "Norm" in type(model.get_submodule(c.name)).__name__]
@@ -427,9 +427,10 @@ def _reaching(model: nn.Module, x: torch.Tensor, candidates: list[_Choice]) -> t
                 if out is not None and out.requires_grad and have else []
             cacheable = True
             if have and all(g is None or not bool(g.abs().amax() > 0) for g in grads):
-                # the output is constant in every token layer (a zero head): read the class tokens instead
+                # the output is constant in every token layer (a zero head): read the class tokens instead -- their
+                # squared norm, not their sum, which a LayerNorm with unit weights keeps constant
                 cacheable = False
-                surrogate = inputs[0][:, : have[0].prefix].sum()
+                surrogate = inputs[0][:, : have[0].prefix].pow(2).sum()
                 grads = list(torch.autograd.grad(surrogate, inputs, allow_unused=True))
     finally:
         for h in handles:
