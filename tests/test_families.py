@@ -99,7 +99,8 @@ def test_a_class_token_model_with_a_zero_head_gets_the_class_token_readers_layer
     """torchvision's VisionTransformer initialises its head to zero: before training its output depends on no token,
     so the gradient probe cannot see which tokens the head reads. The choice is then the layer a class-token head
     needs (the norm feeding the last attention), and it is not cached: with weights, the probe runs again and a head
-    on the mean of the patch tokens gets the final norm."""
+    on the mean of the patch tokens gets the final norm. (The final norm is a LayerNorm of unit weight, whose outputs'
+    sum and squared norm are constant: a probe reading the class token along those sees rounding noise only.)"""
     torch.manual_seed(0)
     model = ViT(2, SIZE[2], pool=pool).eval()
     nn.init.zeros_(model.head.weight)

@@ -389,6 +389,11 @@ def _first_floating(out: object) -> torch.Tensor | None:
     return None
 
 
+#: patch-token gradients below this fraction of the largest gradient the probe sees are rounding noise (a path that
+#: cancels exactly in real arithmetic, e.g. through the channel sum of a LayerNorm's output), not a reaching path
+_NOISE = 1e-4
+
+
 def _reaching(model: nn.Module, x: torch.Tensor, candidates: list[_Choice]) -> tuple[_Choice | str, bool]:
     """For class-token models: the last token layer whose *patch* tokens still reach the output, and whether that
     finding may be cached.
@@ -400,8 +405,8 @@ def _reaching(model: nn.Module, x: torch.Tensor, candidates: list[_Choice]) -> t
 
     When the output depends on none of the token layers -- every gradient, class tokens included, is zero, as for a
     head initialised to zero (torchvision's ``VisionTransformer`` before training) -- the output cannot tell which
-    tokens its head reads. The probe then differentiates the squared norm of the prefix (class) tokens of the last
-    token layer instead, which is what a class-token head reads, and finds the same layer as for trained weights.
+    tokens its head reads. The probe then differentiates a fixed random projection of the prefix (class) tokens of the
+    last token layer instead -- what a class-token head reads -- and finds the same layer as for trained weights.
     That finding is not cached, so the model is probed again once its weights make the output depend on the tokens.
     """
     tokens = [c for c in candidates if c.layout == "tokens"]
@@ -427,17 +432,21 @@ def _reaching(model: nn.Module, x: torch.Tensor, candidates: list[_Choice]) -> t
                 if out is not None and out.requires_grad and have else []
             cacheable = True
             if have and all(g is None or not bool(g.abs().amax() > 0) for g in grads):
-                # the output is constant in every token layer (a zero head): read the class tokens instead -- their
-                # squared norm, not their sum, which a LayerNorm with unit weights keeps constant
+                # the output is constant in every token layer (a zero head): read the class tokens instead, along a
+                # fixed random direction -- their sum and squared norm are constant after a LayerNorm of unit weight
                 cacheable = False
-                surrogate = inputs[0][:, : have[0].prefix].pow(2).sum()
+                prefix_tokens = inputs[0][:, : have[0].prefix]
+                direction = torch.randn(prefix_tokens.shape[-1], generator=torch.Generator().manual_seed(0))
+                surrogate = (prefix_tokens * direction.to(prefix_tokens)).sum()
                 grads = list(torch.autograd.grad(surrogate, inputs, allow_unused=True))
     finally:
         for h in handles:
             h.remove()
         state.restore()
+    # a gradient counts when it is above rounding noise: relative to the largest one the probe found
+    scale = max((float(g.abs().amax()) for g in grads if g is not None), default=0.0)
     for c, g in zip(have, grads):
-        if g is not None and bool(g[:, c.prefix:].abs().amax() > 0):
+        if g is not None and scale > 0 and float(g[:, c.prefix:].abs().amax()) > _NOISE * scale:
             return c, cacheable
     last = tokens[0]
     return (f"{type(model).__name__} looks like a token model, but no module output after its patch embedding carries "
