@@ -11,7 +11,10 @@ channels-last stages, permutes, squeeze-excitation, class tokens, the head), at 
   layer scale, per-block residual, ``features`` / ``avgpool`` / ``classifier`` as in torchvision);
 * :class:`MobileNetV3` (hardswish, squeeze-excitation with 1x1 convolutions, a classifier with a hidden Linear);
 * :class:`DenseNet` (dense blocks, ``features -> F.relu -> pool -> classifier``);
-* :class:`SEResNet` (bottlenecks with a MONAI-style squeeze-excitation made of Linear layers, then the residual).
+* :class:`SEResNet` (bottlenecks with a MONAI-style squeeze-excitation made of Linear layers, then the residual);
+* video transformers (torchvision's ``swin3d_t`` and ``mvit_v2_s``): :class:`Swin` with ``video=True`` (patch merging
+  of space only) and :class:`MViT` (class token, pooling attention whose convolutions run on the batch folded with
+  the heads, blocks returning ``(tokens, grid)``).
 
 ``FAMILIES`` lists ``(id, factory, input shape, expected automatic layer, expert layer, expert reshape)``.
 """
@@ -70,11 +73,14 @@ class Block(nn.Module):
 
 
 class ViT(nn.Module):
-    """ViT (``prefix=1``) or DeiT (``prefix=2``: class and distillation tokens, two heads averaged) of any rank."""
+    """ViT (``prefix=1``) or DeiT (``prefix=2``: class and distillation tokens, two heads averaged) of any rank.
+    ``pool="mean"``: the head reads the mean of the patch tokens instead of the class token (timm's
+    ``global_pool="avg"`` with a class token)."""
 
     def __init__(self, rank: int, size: tuple[int, ...], patch: int = 4, dim: int = 16, depth: int = 2,
-                 prefix: int = 1, in_channels: int = 1, classes: int = 3):
+                 prefix: int = 1, in_channels: int = 1, classes: int = 3, pool: str = "token"):
         super().__init__()
+        self.pool = pool
         self.grid = tuple(s // patch for s in size)
         self.patch_embed = CONV[rank](in_channels, dim, patch, stride=patch)
         self.prefix_tokens = nn.Parameter(torch.randn(1, prefix, dim) * 0.5)
@@ -88,6 +94,8 @@ class ViT(nn.Module):
         t = self.patch_embed(x).flatten(2).transpose(1, 2)
         t = torch.cat([self.prefix_tokens.expand(len(t), -1, -1), t], 1) + self.pos_embed
         t = self.norm(self.blocks(t))
+        if self.pool == "mean":
+            return self.head(t[:, self.prefix_tokens.shape[1]:].mean(1))
         if self.head_dist is None:
             return self.head(t[:, 0])
         return (self.head(t[:, 0]) + self.head_dist(t[:, 1])) / 2
@@ -110,36 +118,40 @@ class SwinBlock(nn.Module):
 
 
 class PatchMerging(nn.Module):
-    """Swin's patch merging for any rank: ``2^rank`` neighbours concatenated, LayerNorm, Linear to ``2C``."""
+    """Swin's patch merging for any rank: ``2^rank`` neighbours concatenated, LayerNorm, Linear to ``2C``. ``video``:
+    only the last two axes are merged (``2 x 2`` neighbours, time kept), as Video Swin / torchvision's ``swin3d``."""
 
-    def __init__(self, rank: int, dim: int):
+    def __init__(self, rank: int, dim: int, video: bool = False):
         super().__init__()
         self.rank = rank
-        self.norm = nn.LayerNorm(2**rank * dim)
-        self.reduction = nn.Linear(2**rank * dim, 2 * dim, bias=False)
+        self.factors = [1] + [2] * (rank - 1) if video else [2] * rank
+        k = math.prod(self.factors)
+        self.norm = nn.LayerNorm(k * dim)
+        self.reduction = nn.Linear(k * dim, 2 * dim, bias=False)
 
     def forward(self, x):
         n, *grid, c = x.shape
-        split = [v for g in grid for v in (g // 2, 2)]
+        split = [v for g, f in zip(grid, self.factors) for v in (g // f, f)]
         x = x.reshape(n, *split, c)
         order = [0, *range(1, 2 * self.rank, 2), *range(2, 2 * self.rank + 1, 2), 2 * self.rank + 1]
-        x = x.permute(*order).reshape(n, *(g // 2 for g in grid), -1)
+        x = x.permute(*order).reshape(n, *(g // f for g, f in zip(grid, self.factors)), -1)
         return self.reduction(self.norm(x))
 
 
 class Swin(nn.Module):
     """Swin of any rank, torchvision layout: ``features`` (patch embedding conv + Permute + LayerNorm, stages and
-    patch merging, all channels-last), ``norm``, ``permute`` to channel-first, ``avgpool``, ``flatten``, ``head``."""
+    patch merging, all channels-last), ``norm``, ``permute`` to channel-first, ``avgpool``, ``flatten``, ``head``.
+    ``video``: the patch merging keeps the first (time) axis (torchvision's ``swin3d_t``)."""
 
     def __init__(self, rank: int, patch: int = 4, dim: int = 8, stages: int = 2, in_channels: int = 1,
-                 classes: int = 3):
+                 classes: int = 3, video: bool = False):
         super().__init__()
         layers: list[nn.Module] = [nn.Sequential(CONV[rank](in_channels, dim, patch, stride=patch),
                                                  Permute(to_last(rank)), nn.LayerNorm(dim))]
         for s in range(stages):
             layers.append(nn.Sequential(SwinBlock(dim)))
             if s < stages - 1:
-                layers.append(PatchMerging(rank, dim))
+                layers.append(PatchMerging(rank, dim, video))
                 dim *= 2
         self.features = nn.Sequential(*layers)
         self.norm = nn.LayerNorm(dim)
@@ -150,6 +162,84 @@ class Swin(nn.Module):
 
     def forward(self, x):
         return self.head(self.flatten(self.avgpool(self.permute(self.norm(self.features(x))))))
+
+
+# -- MViT (pooling attention) ------------------------------------------------------------------------------------
+def _pool_tokens(t: torch.Tensor, grid: tuple[int, ...], pool) -> tuple[torch.Tensor, tuple[int, ...]]:
+    """Tokens ``(B, 1 + prod(grid), D)`` (a class token first): the patch tokens laid on ``grid`` as ``(B, D, *grid)``,
+    pooled by ``pool``, flattened back behind the class token."""
+    b, _, d = t.shape
+    rest = pool(t[:, 1:].transpose(1, 2).reshape(b, d, *grid))
+    return torch.cat([t[:, :1], rest.flatten(2).transpose(1, 2)], 1), tuple(rest.shape[2:])
+
+
+class PoolingAttention(nn.Module):
+    """MViT's pooling attention: queries, keys and values pooled by depthwise convolutions run on the batch folded
+    with the heads, ``(N * heads, D / heads, *grid)`` (so their outputs are per-head internals, not feature maps);
+    returns ``(tokens, grid)`` as torchvision's ``MultiscaleAttention``."""
+
+    def __init__(self, rank: int, dim: int, heads: int, stride: tuple[int, ...]):
+        super().__init__()
+        self.heads, hd = heads, dim // heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.pool_q, self.pool_k, self.pool_v = (CONV[rank](hd, hd, 3, stride=s, padding=1, groups=hd)
+                                                 for s in (stride, 1, 1))
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x, grid):
+        n, t, c = x.shape
+        qkv = self.qkv(x).reshape(n, t, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        pooled, grids = [], []
+        for conv, u in zip((self.pool_q, self.pool_k, self.pool_v), qkv):
+            u, g = _pool_tokens(u.flatten(0, 1), grid, conv)
+            pooled.append(u.unflatten(0, (n, self.heads)))
+            grids.append(g)
+        out = F.scaled_dot_product_attention(*pooled).transpose(1, 2).flatten(2)
+        return self.proj(out), grids[0]  # the queries' grid
+
+
+class MultiscaleBlock(nn.Module):
+    def __init__(self, rank: int, dim: int, heads: int, stride: tuple[int, ...]):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = PoolingAttention(rank, dim, heads, stride)
+        self.stride = stride
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
+
+    def forward(self, x, grid):
+        h, new = self.attn(self.norm1(x), grid)
+        if new != grid:  # the skip connection pooled like the queries
+            x = _pool_tokens(x, grid, lambda m: (F.max_pool3d if m.ndim == 5 else F.max_pool2d)(m, self.stride))[0]
+        x = x + h
+        return x + self.mlp(self.norm2(x)), new
+
+
+class MViT(nn.Module):
+    """MViT (torchvision's video ``MViT``, any rank 2 or 3): patch embedding, class token, blocks taking and returning
+    ``(tokens, grid)`` (so the blocks' outputs are tuples), pooling attention that halves the space (not the time,
+    in 3D) in ``pools`` blocks, final norm, head on the class token."""
+
+    def __init__(self, rank: int, size: tuple[int, ...], patch: int = 4, dim: int = 8, pools: int = 3,
+                 heads: int = 2, in_channels: int = 1, classes: int = 3):
+        super().__init__()
+        self.grid = tuple(s // patch for s in size)
+        self.patch_embed = CONV[rank](in_channels, dim, patch, stride=patch)
+        self.cls_token = nn.Parameter(torch.randn(1, 1, dim) * 0.5)
+        self.pos_embed = nn.Parameter(torch.randn(1, 1 + math.prod(self.grid), dim) * 0.5)
+        half = (1, 2, 2) if rank == 3 else (2,) * rank
+        strides = [(1,) * rank] + [half, (1,) * rank] * pools
+        self.blocks = nn.ModuleList([MultiscaleBlock(rank, dim, heads, s) for s in strides])
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, classes)
+
+    def forward(self, x):
+        t = self.patch_embed(x).flatten(2).transpose(1, 2)
+        t = torch.cat([self.cls_token.expand(len(t), -1, -1), t], 1) + self.pos_embed
+        grid = self.grid
+        for block in self.blocks:
+            t, grid = block(t, grid)
+        return self.head(self.norm(t)[:, 0])
 
 
 # -- ConvNeXt ----------------------------------------------------------------------------------------------------
@@ -364,4 +454,14 @@ def families() -> list[tuple[str, object, tuple[int, ...], str, str, object]]:
             (f"densenet-{r}d", lambda r=r: DenseNet(r), shape, "features", "features.norm5", None),
             (f"seresnet-{r}d", lambda r=r: SEResNet(r), shape, "layer4", "layer4", None),
         ]
+    # video transformers merge or pool space and keep time (torchvision's swin3d_t, mvit_v2_s)
+    grid = _grid(3, 4)
+    out.append(("videoswin-3d", lambda: Swin(3, video=True), (2, 1, *SIZE[3]), "norm", "norm",
+                ndcam.TokenGrid((grid[0], grid[1] // 2, grid[2] // 2), channels_last=True)))
+    # 16x64x64 -> a (4, 16, 16) patch grid pooled three times to (4, 2, 2): 16 tokens, which the all-axes grid
+    # (1, 4, 4) two merges away fits as well; the last block's norm1 feeds the last attention
+    out.append(("mvit-3d", lambda: MViT(3, (16, 64, 64)), (2, 1, 16, 64, 64), "blocks.6.norm1", "blocks.6.norm1",
+                ndcam.TokenGrid((4, 2, 2), prefix=1)))
+    out.append(("mvit-2d", lambda: MViT(2, (32, 32), pools=2), (2, 1, 32, 32), "blocks.4.norm1", "blocks.4.norm1",
+                ndcam.TokenGrid((2, 2), prefix=1)))
     return out

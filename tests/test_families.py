@@ -17,7 +17,7 @@ import ndcam
 from ndcam.layers import auto_choice, auto_layer
 from ndcam.methods.base import BaseCAM
 
-from .families import CONV, SIZE, ConvNeXt, DenseNet, MobileNetV3, SEResNet, Swin, ViT, families
+from .families import CONV, SIZE, ConvNeXt, DenseNet, MobileNetV3, MViT, SEResNet, Swin, ViT, families
 
 FAMILIES = families()
 
@@ -92,6 +92,46 @@ def test_a_class_token_model_whose_last_attention_has_no_module_input_is_refused
 
     with pytest.raises(LookupError, match=r"no module output after its patch embedding carries gradient.*TokenGrid"):
         auto_choice(TinyViT(2, (4, 4)).eval(), torch.randn(1, 1, 8, 8))
+
+
+@pytest.mark.parametrize("pool, trained", [("token", "blocks.1.norm1"), ("mean", "norm")])
+def test_a_class_token_model_with_a_zero_head_gets_the_class_token_readers_layer_until_trained(pool, trained):
+    """torchvision's VisionTransformer initialises its head to zero: before training its output depends on no token,
+    so the gradient probe cannot see which tokens the head reads. The choice is then the layer a class-token head
+    needs (the norm feeding the last attention), and it is not cached: with weights, the probe runs again and a head
+    on the mean of the patch tokens gets the final norm. (The final norm is a LayerNorm of unit weight, whose outputs'
+    sum and squared norm are constant: a probe reading the class token along those sees rounding noise only.)"""
+    torch.manual_seed(0)
+    model = ViT(2, SIZE[2], pool=pool).eval()
+    nn.init.zeros_(model.head.weight)
+    nn.init.zeros_(model.head.bias)
+    x = torch.randn(2, 1, *SIZE[2])
+    layers, reshape = auto_choice(model, x)
+    assert layers[0][0] == "blocks.1.norm1"
+    assert (reshape.grid, reshape.prefix) == ((8, 8), 1)
+    with pytest.warns(ndcam.ConstantMapWarning):  # no gradient anywhere: the maps are empty, and said to be
+        maps = ndcam.GradCAM(model)(x, 1)
+    assert maps.shape == (2, *SIZE[2]) and not maps.any()
+    nn.init.normal_(model.head.weight)  # "trained"
+    layers, reshape = auto_choice(model, x)
+    assert layers[0][0] == trained and reshape.prefix == 1
+    assert ndcam.GradCAM(model)(x, 1).amax() == 1
+
+
+def test_convolutions_on_the_batch_folded_with_attention_heads_are_not_feature_maps():
+    """MViT pools queries, keys and values with convolutions on (N * heads, D / heads, *grid): their output has the
+    input's rank but not its batch, so they are not usable layers (nor the automatic choice's anchor)."""
+    torch.manual_seed(0)
+    model = MViT(3, (16, 64, 64)).eval()
+    x = torch.randn(3, 1, 16, 64, 64)
+    infos = {i.name: i for i in ndcam.list_layers(model, x)}
+    assert infos["patch_embed"].spatial
+    for block in range(7):
+        for conv in ("pool_q", "pool_k", "pool_v"):
+            info = infos[f"blocks.{block}.attn.{conv}"]
+            assert info.shape[0] == 2 and info.type == "Conv3d" and not info.spatial
+    with pytest.raises(LookupError, match=r"not \(N=3, C, D H W\)"):
+        ndcam.GradCAM(model, "blocks.6.attn.pool_q")(x)
 
 
 class LinearPatchTransformer(nn.Module):

@@ -227,7 +227,8 @@ def _zoom_like_pgc(raw: torch.Tensor, size) -> np.ndarray:
         # (mode="constant"), so it commutes with scaling but not with shifts
         z = zoom(np.float32(m - m.min()), [t / s for s, t in zip(m.shape, size)]).astype(np.float64)
         z = np.maximum(z, 0)  # the spline overshoots below 0; their aggregation clips before normalizing
-        out.append((z - z.min()) / (z.max() - z.min()))
+        span = z.max() - z.min()  # 0 for an empty map (all channel weights negative): theirs is all 0 there
+        out.append((z - z.min()) / span if span > 0 else np.zeros_like(z))
     return np.stack(out)
 
 

@@ -4,12 +4,14 @@ The automatic choice traces one forward pass of a single sample (cached per mode
 outermost module that still gives the feature map of the last convolution matching the input's rank:
 
 * the *anchor* is the last executed ``nn.Conv1d``/``Conv2d``/``Conv3d`` (matching the input's spatial rank) whose
-  output is not globally pooled (squeeze-excitation convolutions on ``1 x 1`` maps are skipped);
+  output is not globally pooled (squeeze-excitation convolutions on ``1 x 1`` maps are skipped) and keeps the traced
+  batch (convolutions on the batch folded with attention heads, MViT's pooling attention, are skipped);
 * every later module output that is still that feature map, in one of three layouts, belongs to it: channel-first
   ``(N, C, *grid)`` on the anchor's grid; channels-last ``(N, *grid, C)`` (ConvNeXt blocks, Swin stages); tokens
   ``(N, prefix + prod(grid), C)`` with up to 8 class/distillation/register tokens (ViT, DeiT, audio/ECG/volume
-  transformers). Channels-last and token outputs may sit on a grid halved by patch merging (Swin); a channel-first
-  output on a coarser grid (after pooling) ends the feature map;
+  transformers). Channels-last and token outputs may sit on a grid halved by patch merging (Swin; in 3D also the
+  last two axes only, as video transformers merge space and keep time); a channel-first output on a coarser grid
+  (after pooling) ends the feature map;
 * the last of those wins, unless it is a module called several times (a shared ReLU): then the one before it.
 
 Side branches do not stop the search: a squeeze-excitation's pooled ``(N, C, 1, 1)`` outputs, a ConvNeXt block's
@@ -17,10 +19,12 @@ channels-last permutation, a token reshape are skipped, and the block or stage t
 a torchvision-style ResNet gets ``layer4`` (the block output after the residual addition and ReLU, as the Grad-CAM
 paper's "last convolutional layer"), MONAI's SEResNet50 gets ``layer4`` (after BatchNorm, squeeze-excitation and the
 residual), a ConvNeXt its stage (or the ``features`` container ending with it), a VGG the ReLU after its last
-convolution, a plain ``nn.Sequential`` ECG net the activation after its last Conv1d; a ViT/DeiT its final norm with
-``TokenGrid(grid, prefix=1 or 2)``, a Swin its final norm with ``TokenGrid(grid, channels_last=True)``
-(:func:`auto_choice` returns that reshape). The model itself (the root module) is never chosen. A model without a
-convolution of the input's rank gets an error with the exact ``layers=``/``reshape=`` to pass where it can be read.
+convolution, a plain ``nn.Sequential`` ECG net the activation after its last Conv1d; a ViT/DeiT (or a video MViT)
+the norm feeding its last attention (a class-token head gives the final norm's patch tokens no gradient, see
+:func:`_reaching`) with ``TokenGrid(grid, prefix=1 or 2)``, a Swin (2D or video) its final norm with
+``TokenGrid(grid, channels_last=True)`` (:func:`auto_choice` returns that reshape). The model itself (the root module)
+is never chosen. A model without a convolution of the input's rank gets an error with the exact
+``layers=``/``reshape=`` to pass where it can be read.
 """
 
 from __future__ import annotations
@@ -56,7 +60,8 @@ class LayerInfo:
         name: dotted name as in ``model.named_modules()``.
         type: class name of the module.
         shape: output shape for the traced sample (batch axis 1), or ``None`` if the output is not a tensor.
-        spatial: whether the output is ``(N, C, *spatial)`` with the input's spatial rank (a usable CAM layer).
+        spatial: whether the output is ``(N, C, *spatial)`` with the input's spatial rank and batch size (a usable CAM
+            layer).
         calls: how many times the module ran in one forward pass.
     """
 
@@ -147,8 +152,12 @@ def resolve_layers(model: nn.Module, layers: LayerSpec) -> list[tuple[str, nn.Mo
 _Record = tuple[str, nn.Module, "tuple[int, ...] | None", bool]
 
 
-def _is_spatial(shape: tuple[int, ...] | None, floating: bool, rank: int) -> bool:
-    return shape is not None and floating and len(shape) == rank + 2
+def _is_spatial(shape: tuple[int, ...] | None, floating: bool, rank: int, batch: int | None = None) -> bool:
+    """A floating ``(N, C, *spatial)`` output of the input's rank, whose first axis is the traced batch (``batch``):
+    a convolution over a batch folded with attention heads, ``(N * heads, C, *grid)`` (MViT's pooling attention), is
+    a per-head internal, not a feature map of the samples.
+    """
+    return shape is not None and floating and len(shape) == rank + 2 and (batch is None or shape[0] == batch)
 
 
 def _trace(model: nn.Module, x: torch.Tensor) -> list[_Record]:
@@ -187,10 +196,10 @@ def _call_counts(records: list[_Record]) -> dict[str, int]:
     return calls
 
 
-def _records_to_infos(records: list[_Record], rank: int) -> list[LayerInfo]:
+def _records_to_infos(records: list[_Record], rank: int, batch: int | None = None) -> list[LayerInfo]:
     calls = _call_counts(records)
     return [
-        LayerInfo(name, type(m).__name__, shape, _is_spatial(shape, fl, rank), calls[name])
+        LayerInfo(name, type(m).__name__, shape, _is_spatial(shape, fl, rank, batch), calls[name])
         for name, m, shape, fl in records
     ]
 
@@ -220,13 +229,22 @@ def _is_patch_embedding(m: nn.Module) -> bool:
 
 
 def _coarser(grid: tuple[int, ...]) -> list[tuple[int, ...]]:
-    """Grids reached from ``grid`` by halving every axis 1 to 6 times (patch merging; floor or ceil)."""
+    """Grids reached from ``grid`` by patch merging: every axis halved 1 to 6 times (floor or ceil) and, for a rank-3
+    grid, also its last two axes only -- video transformers (Swin3D, MViT) merge space and keep time.
+
+    Ordered by the number of halvings, all axes before the last two, so that a token count two grids fit (``(1, 4,
+    4)`` and ``(4, 2, 2)`` from ``(4, 16, 16)``) is first laid on the one fewer merges reach; :func:`_choose` then
+    prefers the grid the previous member of the feature map's family reaches.
+    """
+    rank = len(grid)
+    patterns = [range(rank)] + ([range(1, rank)] if rank == 3 else [])
     out: list[tuple[int, ...]] = []
     for k in range(1, 7):
-        for rnd in (math.floor, math.ceil):
-            g = tuple(max(1, int(rnd(s / 2**k))) for s in grid)
-            if g != grid and g not in out and math.prod(g) > 1:
-                out.append(g)
+        for axes in patterns:
+            for rnd in (math.floor, math.ceil):
+                g = tuple(max(1, int(rnd(s / 2**k))) if i in axes else s for i, s in enumerate(grid))
+                if g != grid and g not in out and math.prod(g) > 1:
+                    out.append(g)
     return out
 
 
@@ -268,15 +286,18 @@ class _Choice:
 
 
 def _layout(record: _Record, rank: int, g0: tuple[int, ...], coarser: list[tuple[int, ...]], patch: bool,
-            merged: bool = True, channels: int | None = None):
+            merged: bool = True, channels: int | None = None, batch: int | None = None,
+            prev: tuple[int, ...] | None = None):
     """``(layout, grid, prefix)`` if a traced output is the anchor's feature map in some layout, else ``None``.
 
     Channel-first maps must keep the anchor convolution's grid exactly (a pooling that halves it ends the feature
     map, as in VGG); channels-last and token outputs may also be on a grid halved by patch merging (Swin), once
-    ``merged`` says the feature map already went channels-last or to tokens.
+    ``merged`` says the feature map already went channels-last or to tokens. Outputs whose first axis is not the
+    traced ``batch`` are not the samples' feature maps. A token count that several grids fit is laid on one the
+    previous member's grid ``prev`` reaches (itself or merged), if any.
     """
     _, module, shape, floating = record
-    if shape is None or not floating:
+    if shape is None or not floating or (batch is not None and shape[0] != batch):
         return None
     cf = len(shape) == rank + 2 and shape[2:] == g0
     if _is_pool(module) or isinstance(module, nn.modules.conv._ConvNd) or _is_conv(module, rank):
@@ -285,8 +306,10 @@ def _layout(record: _Record, rank: int, g0: tuple[int, ...], coarser: list[tuple
     grids = ([g0] if math.prod(g0) > 1 else []) + (coarser if merged else [])
     tok = None
     if len(shape) == 3 and shape[2] > 1:
+        reach = [] if prev is None else [prev, *_coarser(prev)]
         for p in range(_MAX_PREFIX + 1):
-            hit = next((g for g in grids if math.prod(g) == shape[1] - p), None)
+            fits = [g for g in grids if math.prod(g) == shape[1] - p]
+            hit = next((g for g in fits if g in reach), fits[0] if fits else None)
             if hit is not None:
                 tok = ("cl" if rank == 1 and p == 0 else "tokens", hit, p)  # rank 1: (N, L, C) is channels-last
                 break
@@ -304,11 +327,12 @@ def _layout(record: _Record, rank: int, g0: tuple[int, ...], coarser: list[tuple
     return None
 
 
-def _choose(records: list[_Record], rank: int) -> list[_Choice]:
+def _choose(records: list[_Record], rank: int, batch: int | None = None) -> list[_Choice]:
     """Candidates for the automatic layer, best first (see the module docstring); empty without a convolution of the
-    input's rank.
+    input's rank. ``batch``: the traced batch size (outputs with another first axis are not feature maps).
     """
-    convs = [i for i, (_, m, shape, fl) in enumerate(records) if _is_conv(m, rank) and _is_spatial(shape, fl, rank)]
+    convs = [i for i, (_, m, shape, fl) in enumerate(records)
+             if _is_conv(m, rank) and _is_spatial(shape, fl, rank, batch)]
     if not convs:
         return []
     shapes = [r[2] or () for r in records]  # every conv candidate has a shape; () keeps the type checker calm
@@ -320,7 +344,8 @@ def _choose(records: list[_Record], rank: int) -> list[_Choice]:
     family: list[tuple[int, tuple]] = [(anchor, ("cf", g0, 0))]
     for j in range(anchor + 1, len(records)):
         merged = any(lay[0] != "cf" for _, lay in family)
-        lay = _layout(records[j], rank, g0, coarser, patch, merged, shapes[family[-1][0]][1])
+        lay = _layout(records[j], rank, g0, coarser, patch, merged, shapes[family[-1][0]][1], batch,
+                      family[-1][1][1])
         prev_j, prev = family[-1]
         shape, before = shapes[j], shapes[prev_j]
         if lay is not None and rank == 1 and prev[0] == "cl" and len(before) == 3 and shape == (
@@ -364,13 +389,25 @@ def _first_floating(out: object) -> torch.Tensor | None:
     return None
 
 
-def _reaching(model: nn.Module, x: torch.Tensor, candidates: list[_Choice]) -> _Choice | str:
-    """For class-token models: the last token layer whose *patch* tokens still reach the output.
+#: patch-token gradients below this fraction of the largest gradient the probe sees are rounding noise (a path that
+#: cancels exactly in real arithmetic, e.g. through the channel sum of a LayerNorm's output), not a reaching path
+_NOISE = 1e-4
+
+
+def _reaching(model: nn.Module, x: torch.Tensor, candidates: list[_Choice]) -> tuple[_Choice | str, bool]:
+    """For class-token models: the last token layer whose *patch* tokens still reach the output, and whether that
+    finding may be cached.
 
     After the last attention, a ViT's head reads the class token only, so the patch tokens of the final norm get
     exactly zero gradient (an all-zero map). One probe forward and backward of a single sample (eval mode, no
     parameter ``.grad`` written) finds the last candidate with a non-zero patch-token gradient: the normalization
     that feeds the last attention (timm's ``blocks[-1].norm1``).
+
+    When the output depends on none of the token layers -- every gradient, class tokens included, is zero, as for a
+    head initialised to zero (torchvision's ``VisionTransformer`` before training) -- the output cannot tell which
+    tokens its head reads. The probe then differentiates a fixed random projection of the prefix (class) tokens of the
+    last token layer instead -- what a class-token head reads -- and finds the same layer as for trained weights.
+    That finding is not cached, so the model is probed again once its weights make the output depend on the tokens.
     """
     tokens = [c for c in candidates if c.layout == "tokens"]
     norms = [c for c in tokens if "Norm" in type(model.get_submodule(c.name)).__name__]
@@ -391,21 +428,33 @@ def _reaching(model: nn.Module, x: torch.Tensor, candidates: list[_Choice]) -> _
                 with model_forward(model, x):
                     out = _first_tensor(model(x.detach().clone().requires_grad_(True)))
             have = [c for c in tokens if c.name in store and store[c.name].requires_grad]
-            grads = torch.autograd.grad(out.sum(), [store[c.name] for c in have], allow_unused=True) \
+            inputs = [store[c.name] for c in have]
+            grads = list(torch.autograd.grad(out.sum(), inputs, allow_unused=True, retain_graph=True)) \
                 if out is not None and out.requires_grad and have else []
+            cacheable = True
+            if have and all(g is None or not bool(g.abs().amax() > 0) for g in grads):
+                # the output is constant in every token layer (a zero head): read the class tokens instead, along a
+                # fixed random direction -- their sum and squared norm are constant after a LayerNorm of unit weight
+                cacheable = False
+                prefix_tokens = inputs[0][:, : have[0].prefix]
+                direction = torch.randn(prefix_tokens.shape[-1], generator=torch.Generator().manual_seed(0))
+                surrogate = (prefix_tokens * direction.to(prefix_tokens)).sum()
+                grads = list(torch.autograd.grad(surrogate, inputs, allow_unused=True))
     finally:
         for h in handles:
             h.remove()
         state.restore()
+    # a gradient counts when it is above rounding noise: relative to the largest one the probe found
+    scale = max((float(g.abs().amax()) for g in grads if g is not None), default=0.0)
     for c, g in zip(have, grads):
-        if g is not None and bool(g[:, c.prefix:].abs().amax() > 0):
-            return c
+        if g is not None and scale > 0 and float(g[:, c.prefix:].abs().amax()) > _NOISE * scale:
+            return c, cacheable
     last = tokens[0]
     return (f"{type(model).__name__} looks like a token model, but no module output after its patch embedding carries "
             f"gradient to the patch tokens (the head reads the class token, which reads patch tokens only through "
             f"attention, and the modules before the last attention give no tensor); pass a module whose output feeds "
             f"the last attention, e.g. the previous block, with layers='<name>', "
-            f"reshape=ndcam.TokenGrid({last.grid}, prefix={last.prefix})")
+            f"reshape=ndcam.TokenGrid({last.grid}, prefix={last.prefix})"), True
 
 
 def _token_hint(records: list[_Record], x: torch.Tensor) -> str:
@@ -440,22 +489,23 @@ def check_not_scripted(model: object) -> None:
         )
 
 
-def _probe(model: nn.Module, x: torch.Tensor) -> list[_Record]:
+def _probe(model: nn.Module, x: torch.Tensor) -> tuple[list[_Record], int]:
+    """The traced records and the batch size they were traced with."""
     check_not_scripted(model)
     with model_lock(model):  # a probe switches the model to eval: never while another thread explains it
         return _probe_locked(model, x)
 
 
-def _probe_locked(model: nn.Module, x: torch.Tensor) -> list[_Record]:
+def _probe_locked(model: nn.Module, x: torch.Tensor) -> tuple[list[_Record], int]:
     state = ModelState.save(model)
     state.eval()
     try:
         try:
-            return _trace(model, x[:1])
+            return _trace(model, x[:1]), 1
         except ForwardError:
             if x.shape[0] == 1:
                 raise
-            return _trace(model, x)  # models with a fixed batch size (e.g. torch.export archives)
+            return _trace(model, x), x.shape[0]  # models with a fixed batch size (e.g. torch.export archives)
     finally:
         state.restore()
 
@@ -467,8 +517,8 @@ def _auto(model: nn.Module, x: torch.Tensor) -> _Choice:
     key = (tuple(x.shape[1:]), x.dtype, x.device, sum(1 for _ in model.modules()))
     cache = _AUTO_CACHE.setdefault(model, {})
     if key not in cache:
-        records = _probe(model, x)
-        candidates = _choose(records, rank)
+        records, batch = _probe(model, x)
+        candidates = _choose(records, rank, batch)
         if not candidates:
             kind = {1: "Conv1d", 2: "Conv2d", 3: "Conv3d"}.get(rank, f"rank-{rank} convolution")
             dims = {1: "L", 2: "H, W", 3: "D, H, W"}.get(rank, f"<{rank} axes>")
@@ -479,10 +529,17 @@ def _auto(model: nn.Module, x: torch.Tensor) -> _Choice:
             )
         elif candidates[0].layout == "tokens" and candidates[0].prefix > 0:
             with model_lock(model):  # the gradient probe switches the model to eval, like the trace
-                cache[key] = _reaching(model, x, candidates)
+                found, cacheable = _reaching(model, x, candidates)
+            if not cacheable:  # found with a stand-in for the output (see _reaching): probed again next time
+                return _chosen(found)
+            cache[key] = found
         else:
             cache[key] = candidates[0]
-    choice = cache[key]
+    return _chosen(cache[key])
+
+
+def _chosen(choice: _Choice | str) -> _Choice:
+    """The choice, or the :class:`LayerError` its message stands for."""
     if isinstance(choice, str):
         raise LayerError(choice)
     return choice
@@ -571,9 +628,9 @@ def list_layers(model: nn.Module, x: torch.Tensor, *, spatial_only: bool = False
     check_not_scripted(model)
     if not isinstance(x, torch.Tensor) or x.ndim < 3:
         raise InputError(f"x must be a tensor (N, C, *spatial); got {getattr(x, 'shape', type(x).__name__)}")
-    records = _probe(model, x)
+    records, batch = _probe(model, x)
     seen: dict[str, LayerInfo] = {}
-    for info in _records_to_infos(records, x.ndim - 2):
+    for info in _records_to_infos(records, x.ndim - 2, batch):
         seen.setdefault(info.name, info)
     infos = list(seen.values())
     return [i for i in infos if i.spatial] if spatial_only else infos
