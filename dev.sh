@@ -18,6 +18,10 @@ if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import ndcam, pytest, hyp
     # (--no-deps: torch stays the CPU build); OpenCV, scikit-learn and ttach are what its map code really uses
     .venv/bin/python -m pip install -q --no-deps "grad-cam==1.5.7" opencv-python-headless scikit-learn ttach threadpoolctl \
         joblib cloudpickle narwhals >/dev/null 2>&1 || echo "[dev.sh] pytorch-grad-cam not installed: its agreement tests will skip" >&2
+    # torchvision's model code for tests/test_real_architectures.py, unpacked beside the venv (never into it: every
+    # torchvision wheel pins a torch release); the tests put .peers/torchvision on sys.path themselves
+    .venv/bin/python -m pip install -q --no-deps --target .peers/torchvision "torchvision==0.28.0" >/dev/null 2>&1 \
+        || echo "[dev.sh] torchvision not unpacked: the real-architecture tests will skip" >&2
     # torch-cam likewise (tests/test_peers_new.py); its methods need nothing beyond torch
     .venv/bin/python -m pip install -q --no-deps "torchcam==0.5.0" >/dev/null 2>&1 || echo "[dev.sh] torch-cam not installed: its agreement tests will skip" >&2
 fi

@@ -10,7 +10,8 @@ requirements: every torchvision wheel pins one torch release, so pip would repla
 paired with the installed torch (torchvision 0.28 for torch 2.13; any release whose model code runs on it will do)
 into a folder of its own, without its dependencies::
 
-    pip install --no-deps --target /tmp/peers/tv torchvision==0.28.0
+    pip install --no-deps --target .peers/torchvision torchvision==0.28.0   # what bash dev.sh does; found there
+    pip install --no-deps --target /tmp/peers/tv torchvision==0.28.0        # or anywhere, with NDCAM_PEERS
     # or: pip download --no-deps torchvision==0.28.0 -d /tmp/tvwhl && unzip /tmp/tvwhl/torchvision-*.whl -d /tmp/peers/tv
     NDCAM_PEERS=/tmp/peers/tv:/tmp/peers/pgc pytest tests/test_real_architectures.py   # -m "not slow": the quick half
 
@@ -62,6 +63,7 @@ import types
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -104,16 +106,27 @@ def _import_torchvision() -> types.ModuleType:
         pytest.skip(f"torchvision cannot be imported without its C++ operators: {err}")
 
 
+#: where ``bash dev.sh`` unpacks torchvision for these tests (``pip install --no-deps --target``; git ignores it)
+LOCAL_TORCHVISION = Path(__file__).resolve().parents[1] / ".peers" / "torchvision"
+
+
 @pytest.fixture(scope="module")
 def tv():
-    """The ``torchvision`` package (``NDCAM_PEERS`` folders first on ``sys.path``), or a skip."""
+    """The ``torchvision`` package (``NDCAM_PEERS`` folders, then ``.peers/torchvision``, first on ``sys.path``), or a
+    skip. Afterwards torchvision and the pytorch-grad-cam imported with it leave ``sys.modules`` again, so later test
+    modules see the environment they would see without this one."""
+    folders = peer_paths() + ([str(LOCAL_TORCHVISION)] if LOCAL_TORCHVISION.is_dir() else [])
     with pytest.MonkeyPatch.context() as mp:
-        for path in reversed(peer_paths()):
+        for path in reversed(folders):
             mp.syspath_prepend(path)
-        module = _import_torchvision()
-        import torchvision.models.video  # noqa: F401 -- not imported by the package itself
+        try:
+            module = _import_torchvision()
+            import torchvision.models.video  # noqa: F401 -- not imported by the package itself
 
-        yield module
+            yield module
+        finally:
+            for name in [n for n in sys.modules if n.split(".")[0] in ("torchvision", "pytorch_grad_cam")]:
+                del sys.modules[name]
 
 
 @pytest.fixture(scope="module")
