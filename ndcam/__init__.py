@@ -40,6 +40,7 @@ from .core.errors import (
     LayerError,
     NdcamError,
     NdcamWarning,
+    PrecisionWarning,
 )
 from .core.explain import explain
 from .core.explanation import Explanation
@@ -82,5 +83,6 @@ __all__ = [
     "NdcamWarning",
     "ConstantMapWarning",
     "BatchDependenceWarning",
+    "PrecisionWarning",
     "__version__",
 ]
