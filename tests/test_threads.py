@@ -479,3 +479,50 @@ def test_a_metric_and_an_explanation_on_a_shared_backbone_leave_the_flags_as_the
     for auc in r2:
         torch.testing.assert_close(auc, expected, rtol=0, atol=0)
     assert all(m.training for m in [*a.modules(), *b.modules()])
+
+
+# -- plain inference next to an explanation --------------------------------------------------------------------------
+# A server answers predictions from the model while another thread explains one: the predictions take no ndcam lock,
+# so ndcam's hooks (which record activations, zero Ablation-CAM's channels, guide the ReLUs) must act on the
+# explaining thread's forwards only.
+
+
+@pytest.mark.parametrize("method", ["gradcam", "ablationcam", "scorecam", "guidedgradcam", "fullgrad", "cam"])
+def test_plain_inference_next_to_an_explanation_is_untouched(method):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 6, 3, padding=1), nn.ReLU(), _Slow(0.002), nn.Conv2d(6, 6, 3, padding=1),
+                          nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 3)).double().eval()
+    x = torch.randn(2, 1, 8, 8, dtype=torch.float64)
+    probe = torch.randn(3, 1, 8, 8, dtype=torch.float64)
+    with torch.no_grad():
+        expected = model(probe)
+    layer = None if method == "fullgrad" else "4"
+    reference = ndcam.explain(model, x, method, targets=1, layers=layer).maps
+    stop, outputs, maps, errors = threading.Event(), [], [], []
+
+    def serve():
+        while not stop.is_set():
+            try:
+                with torch.no_grad():
+                    outputs.append(model(probe))
+            except Exception as err:  # noqa: BLE001 -- before the fix ndcam's hooks raised into the server
+                errors.append(err)
+                return
+
+    def explain():
+        for _ in range(3):
+            maps.append(ndcam.explain(model, x, method, targets=1, layers=layer).maps)
+
+    server = threading.Thread(target=serve)
+    server.start()
+    try:
+        explain()
+    finally:
+        stop.set()
+        server.join()
+    assert not errors, f"the serving thread failed: {errors[0]!r}"
+    assert len(outputs) >= 3  # the forwards did interleave with the explanations
+    for out in outputs:
+        torch.testing.assert_close(out, expected, rtol=0, atol=0)
+    for m in maps:
+        torch.testing.assert_close(m, reference, rtol=0, atol=1e-12)

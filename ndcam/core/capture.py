@@ -35,6 +35,7 @@ with the batch) and :func:`slice_batch` (the samples ``j*n .. (j+1)*n`` of any o
 from __future__ import annotations
 
 import dataclasses
+import functools
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -45,7 +46,7 @@ from torch import nn
 
 from .errors import DeadlockError, InputTypeError, LayerError, NdcamError, model_forward
 
-__all__ = ["Capture", "ModelState", "ModelInputs", "ModelLock", "model_lock", "slice_batch", "tree_map"]
+__all__ = ["Capture", "ModelState", "ModelInputs", "ModelLock", "model_lock", "slice_batch", "this_thread", "tree_map"]
 
 
 class _Claims:
@@ -337,6 +338,23 @@ class ModelInputs:
         return model(x, *self.args, **self.kwargs)
 
 
+def this_thread(hook: Callable) -> Callable:
+    """``hook`` for the calling thread only: when another thread runs the model meanwhile -- a plain inference served
+    next to an explanation, which takes no lock -- the hook does nothing, so that forward is neither recorded nor
+    changed (Ablation-CAM's zeroed channels, Guided Backprop's ReLUs) and the explanation records only its own.
+    Every hook ndcam puts on a user's modules goes through this.
+    """
+    owner = threading.get_ident()
+
+    @functools.wraps(hook)
+    def only_here(*args: Any, **kwargs: Any) -> Any:
+        if threading.get_ident() != owner:
+            return None
+        return hook(*args, **kwargs)
+
+    return only_here
+
+
 @dataclass
 class ModelState:
     """What an explanation must leave as it found it: training flags, grad mode, inference mode.
@@ -431,7 +449,7 @@ class Capture:
         try:
             state.eval()
             for name, module in self.layers:
-                self._handles.append(module.register_forward_hook(self._make_hook(name)))
+                self._handles.append(module.register_forward_hook(this_thread(self._make_hook(name))))
         except BaseException:
             self.__exit__(None, None, None)
             raise

@@ -39,7 +39,7 @@ from typing import Union
 import torch
 from torch import nn
 
-from .capture import ModelState, model_lock
+from .capture import ModelState, model_lock, this_thread
 from .errors import ForwardError, InputError, InputTypeError, LayerError, model_forward
 from .ranks import CONV
 
@@ -176,7 +176,7 @@ def _trace(model: nn.Module, x: torch.Tensor) -> list[_Record]:
 
     for name, m in model.named_modules():
         if name:
-            handles.append(m.register_forward_hook(make_hook(name)))
+            handles.append(m.register_forward_hook(this_thread(make_hook(name))))
     try:
         with torch.no_grad(), model_forward(model, x):
             model(x)
@@ -413,8 +413,8 @@ def _reaching(model: nn.Module, x: torch.Tensor, candidates: list[_Choice]) -> t
     norms = [c for c in tokens if "Norm" in type(model.get_submodule(c.name)).__name__]
     tokens = norms or tokens  # the block's normalization, never a projection inside the attention
     store: dict[str, torch.Tensor] = {}
-    handles = [model.get_submodule(c.name).register_forward_hook(
-        lambda m, i, o, name=c.name: store.setdefault(name, o) if isinstance(o, torch.Tensor) else None)
+    handles = [model.get_submodule(c.name).register_forward_hook(this_thread(
+        lambda m, i, o, name=c.name: store.setdefault(name, o) if isinstance(o, torch.Tensor) else None))
         for c in tokens]
     state = ModelState.save(model)
     state.eval()

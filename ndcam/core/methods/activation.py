@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from .. import ops
+from ..capture import this_thread
 from ..errors import InputError, LayerError
 from ..layers import resolve_layers
 from .base import BaseCAM, register
@@ -112,7 +113,7 @@ class CAM(BaseCAM):
                 seen[module] = (inputs[0].detach(), output.detach())
 
         candidates = [self._fc] if self._fc is not None else [m for m in self.model.modules() if self._is_classifier(m)]
-        handles = [m.register_forward_hook(record) for m in candidates]
+        handles = [m.register_forward_hook(this_thread(record)) for m in candidates]
         try:
             yield
         finally:

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from .. import ops
-from ..capture import ModelState
+from ..capture import ModelState, this_thread
 from ..errors import LayerError, model_forward
 from ..ranks import BATCHNORM, CONV
 from .base import BaseCAM, register
@@ -65,7 +65,7 @@ def modules_that_ran(model: nn.Module, run: Callable[[], object], modules: list[
     """
     ran: set[nn.Module] = set()
     state = ModelState.save(model)
-    handles = [m.register_forward_hook(lambda mod, i, o: ran.add(mod)) for m in set(modules)]
+    handles = [m.register_forward_hook(this_thread(lambda mod, i, o: ran.add(mod))) for m in set(modules)]
     try:
         model.eval()
         with torch.no_grad():

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from .. import ops
-from ..capture import model_lock
+from ..capture import model_lock, this_thread
 from ..errors import InputTypeError
 from ..explanation import Explanation
 from .base import BaseCAM, range_and_normalize, register
@@ -72,7 +72,7 @@ class GuidedBackprop(BaseCAM):
 
     @contextlib.contextmanager
     def _forward_context(self, ctx):
-        handles = [m.register_forward_hook(_hook) for m in self.model.modules() if isinstance(m, nn.ReLU)]
+        handles = [m.register_forward_hook(this_thread(_hook)) for m in self.model.modules() if isinstance(m, nn.ReLU)]
         try:
             yield
         finally:

@@ -96,6 +96,7 @@ from typing import Any, Union
 import torch
 from torch import nn
 
+from ..capture import this_thread
 from ..errors import InputError, InputTypeError, LayerError, NdcamError
 from ..layers import TokenGrid
 from ..targets import logits_of
@@ -278,10 +279,10 @@ class _Recorder:
 
     def attach(self) -> None:
         for name, module in self.plan.blocks:
-            self.handles.append(module.register_forward_hook(self._block_hook(name)))
+            self.handles.append(module.register_forward_hook(this_thread(self._block_hook(name))))
         for name, module in self.plan.tail:
-            self.handles.append(module.register_forward_pre_hook(self._enter, with_kwargs=True))
-            self.handles.append(module.register_forward_hook(self._exit_hook(name), with_kwargs=True))
+            self.handles.append(module.register_forward_pre_hook(this_thread(self._enter), with_kwargs=True))
+            self.handles.append(module.register_forward_hook(this_thread(self._exit_hook(name)), with_kwargs=True))
 
     def detach(self) -> None:
         self.recording = False

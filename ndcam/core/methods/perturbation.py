@@ -26,7 +26,7 @@ from torch import nn
 from tqdm import tqdm  # type: ignore[import-untyped]
 
 from .. import ops
-from ..capture import slice_batch
+from ..capture import slice_batch, this_thread
 from ..errors import InputError, InputTypeError, LayerError, NdcamError, forward_failed
 from ..progress import progress_bar
 from .base import BaseCAM, CallContext, register
@@ -299,7 +299,7 @@ class AblationCAM(_PerturbationCAM):
             state["c0"] = c0
             return self._scores_of(ctx, x.repeat(c1 - c0, *([1] * (x.ndim - 1))))
 
-        handle = site.module.register_forward_hook(hook)
+        handle = site.module.register_forward_hook(this_thread(hook))
         try:
             return self._run_blocks(ctx, c, block)
         finally:
