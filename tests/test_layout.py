@@ -84,6 +84,23 @@ def test_module_level_imports_only_go_down():
     assert not wrong, "\n".join(wrong)
 
 
+def test_import_ndcam_needs_only_the_core_dependencies():
+    """``import ndcam`` imports every public module (``_layout.register``), so no module may import an optional
+    library (Pillow, soundfile, nibabel, pydicom, wfdb, zarr, pypng, ...) at module level: only the standard library and
+    the dependencies pyproject.toml declares."""
+    import tomllib
+
+    declared = tomllib.loads((PKG.parent / "pyproject.toml").read_text())["project"]["dependencies"]
+    allowed = {d.split(">")[0].split("=")[0].split("<")[0].strip() for d in declared} | set(sys.stdlib_module_names)
+    wrong = []
+    for name, package, path in _modules():
+        for imported, line in _module_level_imports(path, package):
+            top = imported.split(".")[0]
+            if top and top != "ndcam" and top not in allowed:
+                wrong.append(f"{path.relative_to(PKG.parent)}:{line} imports {imported} at module level")
+    assert not wrong, "\n".join(wrong)
+
+
 def test_the_layer_rule_can_fail(tmp_path):
     bad = tmp_path / "bad.py"
     bad.write_text("import os\nfrom ..app import viz\n\ndef f():\n    from ..app import report\n")
