@@ -261,3 +261,25 @@ def test_frozen_model_works(rank):
         p.requires_grad_(False)
     torch.testing.assert_close(ndcam.GradCAM(model, "feat")(x, 1), expected)
     assert not any(p.requires_grad for p in model.parameters())
+
+
+@pytest.mark.slow
+def test_a_compiled_model_gives_the_eager_maps_without_warnings():
+    """``torch.compile(model)``: ndcam's hooks run eagerly (the thread check is not traced), maps equal the eager
+    model's, and dynamo has nothing to warn about."""
+    import torch._dynamo
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)).eval()
+    x = torch.randn(2, 1, 16, 16)
+    torch._dynamo.reset()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for method in ("gradcam", "ablationcam"):
+            eager = ndcam.explain(net, x, method, targets=1, layers="2").maps
+            compiled = ndcam.explain(torch.compile(net, backend="eager"), x, method, targets=1,
+                                     layers="_orig_mod.2").maps
+            torch.testing.assert_close(compiled, eager, atol=1e-5, rtol=1e-5)
+    dynamo = [str(w.message)[:120] for w in caught if "ynamo" in str(w.message) or "torch._dynamo" in w.filename]
+    assert not dynamo, dynamo

@@ -93,7 +93,7 @@ def test_import_ndcam_needs_only_the_core_dependencies():
     declared = tomllib.loads((PKG.parent / "pyproject.toml").read_text())["project"]["dependencies"]
     allowed = {d.split(">")[0].split("=")[0].split("<")[0].strip() for d in declared} | set(sys.stdlib_module_names)
     wrong = []
-    for name, package, path in _modules():
+    for _name, package, path in _modules():
         for imported, line in _module_level_imports(path, package):
             top = imported.split(".")[0]
             if top and top != "ndcam" and top not in allowed:

@@ -352,7 +352,8 @@ def this_thread(hook: Callable) -> Callable:
             return None
         return hook(*args, **kwargs)
 
-    return only_here
+    # a torch.compile'd model runs the hook eagerly (dynamo cannot trace the thread check: it would warn and break)
+    return torch.compiler.disable(only_here)
 
 
 @dataclass
