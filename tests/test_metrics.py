@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -157,6 +158,29 @@ def test_randomization_sanity_flags_a_method_that_ignores_the_weights(rank):
     assert good.passed, good.final
     assert good.correlations.shape == (len(good.layers), 6)
     assert good.layers[0] == "fc"  # cascading from the output side
+
+
+def test_randomization_sanity_warns_only_about_the_users_model():
+    # the README's `metrics.randomization_sanity("gradcam", model, x)`: randomized copies whose Grad-CAM map comes out
+    # all zero (every weight negative after the ReLU) are an expected outcome, not the user's constant map
+    from ndcam import data
+
+    x, _, _ = data.ecg_task(n=4, seed=0)
+    torch.manual_seed(0)
+    model = data.TinyNet(1, in_channels=1, num_classes=2, kernel=7).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ndcam.ConstantMapWarning)
+        ndcam.GradCAM(model)(x)  # the original maps are not constant
+        res = metrics.randomization_sanity("gradcam", model, x)
+    # the case this test is about happened: spearman is exactly 0 only for a constant map (den == 0)
+    assert (res.correlations == 0).any() and res.passed
+    with pytest.warns(ndcam.ConstantMapWarning):  # the user's own constant map still warns
+        metrics.randomization_sanity("gradcam", nn.Sequential(model, _Zero()), x, 0)
+
+
+class _Zero(nn.Module):
+    def forward(self, z):
+        return z * 0
 
 
 def test_metric_errors():
