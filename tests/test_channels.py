@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -120,3 +122,22 @@ def test_conv1d_net_and_its_twins_give_the_same_channels(kind):
         assert torch.equal(rr.channels, r1.channels)
         torch.testing.assert_close(rr.weights, r1.weights, atol=1e-12, rtol=1e-9)
         torch.testing.assert_close(rr.maps.reshape(r1.maps.shape), r1.maps, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["gradcam", "activation"])
+def test_no_warning_about_the_grad_cam_map_it_does_not_return(kind):
+    # every Grad-CAM weight negative: the Grad-CAM map is all zero, yet the top channels are all there; top_channels
+    # validates through ndcam.explain("gradcam") and must not pass on that map's ConstantMapWarning
+    torch.manual_seed(0)
+    conv = torch.nn.Conv1d(1, 4, 3, padding=1)
+    fc = torch.nn.Linear(4, 2)
+    with torch.no_grad():
+        fc.weight.copy_(-torch.rand(2, 4) - 0.1)
+    model = torch.nn.Sequential(conv, torch.nn.ReLU(), torch.nn.AdaptiveAvgPool1d(1), torch.nn.Flatten(), fc).eval()
+    x = torch.randn(2, 1, 32)
+    with pytest.warns(ndcam.ConstantMapWarning):
+        ndcam.explain(model, x, targets=0, layers="1")  # the case: Grad-CAM has nothing to show
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ndcam.ConstantMapWarning)
+        res = top_channels(model, x, layer="1", targets=0, k=3, weights=kind)
+    assert res.maps.shape == (2, 3, 32) and bool((res.maps.amax((1, 2)) == 1).all())

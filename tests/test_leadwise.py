@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -95,6 +97,20 @@ def test_all_zero_cam_warns():
         exp = explain_leads(net, x, "gradxinput", targets=[0, 1, 2, 0])  # sample 3's Grad-CAM is all-zero
     assert float(exp.maps[3].abs().max()) == 0.0 and not torch.isnan(exp.maps).any()
     assert exp.lead_energy()[3].tolist() == [0.0] * 12
+
+
+def test_one_warning_per_call_and_none_about_an_unused_grad_cam():
+    # the internal Grad-CAM pass (validation, targets, CAM weighting) must not add its own ConstantMapWarning: once
+    # from explain_leads for the maps it returns, and not at all for "fullgrad", which does not use the CAM
+    net = one_lead_net(1, 12, 7)
+    x = torch.randn(4, 12, 64, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        explain_leads(net, x, "gradxinput", targets=[0, 1, 2, 0])
+        assert [str(w.message)[:27] for w in caught] == ["the lead-wise maps of sampl"]
+        caught.clear()
+        exp = explain_leads(net, x, "fullgrad", targets=[0, 1, 2, 0])
+        assert not caught and float(exp.maps[3].max()) == 1.0
 
 
 def test_batch_equals_per_sample():

@@ -15,6 +15,7 @@ a grid of slices through each channel's peak (3D), each titled "channel c, weigh
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +24,7 @@ from torch import nn
 
 from ..core import ops
 from ..core.capture import Capture
-from ..core.errors import InputError, InputTypeError, LayerError
+from ..core.errors import ConstantMapWarning, InputError, InputTypeError, LayerError
 from ..core.explain import explain
 from ..core.layers import LayerSpec
 from ..core.targets import TargetSpec, as_score_fn
@@ -149,8 +150,11 @@ def top_channels(
         raise InputError("top_channels takes one target per sample; for K targets call it once per target column")
     if isinstance(layer, (list, tuple)):
         raise InputError("top_channels pictures one layer; pass a single name or module")
-    # validation, layer choice and target resolution exactly as ndcam.explain does them (one cheap extra pass)
-    exp = explain(model, x, "gradcam", targets, layers=layer)
+    # validation, layer choice and target resolution exactly as ndcam.explain does them (one cheap extra pass); its
+    # Grad-CAM map is not returned, so whether that map is constant is no concern of this call's (other warnings pass)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConstantMapWarning)
+        exp = explain(model, x, "gradcam", targets, layers=layer)
     if exp.scores.ndim != 1:
         raise InputError("top_channels takes one target score per sample; the target callable returned (N, K)")
     (name,) = exp.layers

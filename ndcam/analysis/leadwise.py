@@ -139,7 +139,10 @@ def explain_leads(
     if isinstance(targets, torch.Tensor) and targets.ndim == 2:
         raise InputError("explain_leads takes one target per sample; for K targets call it once per target column")
     # validation, layer choice and target resolution as ndcam.explain does them; raw Grad-CAM at the input's size
-    cam = explain(model, x, "gradcam", targets, layers=layers, normalize=False)
+    # (a constant Grad-CAM map is reported below, for the lead-wise maps it empties; "fullgrad" does not use it)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConstantMapWarning)
+        cam = explain(model, x, "gradcam", targets, layers=layers, normalize=False)
     if cam.scores.ndim != 1:
         raise InputError("explain_leads takes one target score per sample; the target callable returned (N, K)")
     fixed = cam.targets if cam.targets is not None else targets  # the top-1 class found by the CAM pass
