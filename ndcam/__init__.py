@@ -24,11 +24,20 @@ import sys
 from . import _layout
 from ._version import __version__
 from .analysis import channels, dataset, leadwise, metrics, sweep
+from .analysis import sliding as sliding
 from .analysis.dataset import explain_dataset, open_explanations
 from .analysis.sliding import SlidingWindow, sliding_window_explain
 from .analysis.sweep import SweepResult, layer_sweep
+from .app import io as io
+from .app import report as report
 from .app import viz
+from .core import capture as capture
+from .core import detection as detection
+from .core import explanation as explanation
+from .core import layers as layers
 from .core import ops, targets
+from .core import ranks as ranks
+from .core import smoothing as smoothing
 from .core.detection import DetectionTarget
 from .core.errors import (
     BatchDependenceWarning,
@@ -48,6 +57,8 @@ from .core.layers import LayerInfo, TokenGrid, list_layers
 from .core.methods import *  # noqa: F403 -- every registered method class, BaseCAM, methods(), get_method()
 from .core.methods import __all__ as _method_names
 from .core.smoothing import Augmentations
+from .synthetic import data as data
+from .synthetic import models as models
 
 _layout.register(sys.modules[__name__])
 
