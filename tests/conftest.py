@@ -80,6 +80,12 @@ def make_input(rank: int, n: int = 3, c: int = 2, seed: int = 1, dtype=torch.flo
     return torch.randn(n, c, *SHAPES[rank], generator=g).to(dtype)
 
 
+def methods_by_rank(methods, in_3d):
+    """``(method, rank)`` parameters: every method on ranks 1 and 2, and on rank 3 only those in ``in_3d`` (the
+    orchestration under test is rank-agnostic; 3D costs the most). Deselected by construction, not skipped."""
+    return [pytest.param(m, r, id=f"{m}-{r}d") for m in methods for r in RANKS if r < 3 or m in in_3d]
+
+
 @pytest.fixture(params=RANKS, ids=lambda r: f"{r}d")
 def rank(request):
     return request.param

@@ -14,7 +14,7 @@ from torch import nn
 
 import ndcam
 
-from .conftest import CONV, GAP, GapNet, make_input, make_net
+from .conftest import CONV, GAP, GapNet, make_input, make_net, methods_by_rank
 from .test_hygiene import assert_same, snapshot
 
 ALL = ndcam.methods()
@@ -63,10 +63,9 @@ def _layer(method):
     return None if method in ("guidedbackprop", "fullgrad") else "net.feat"
 
 
-@pytest.mark.parametrize("method", ALL)
+@pytest.mark.parametrize("method, rank", methods_by_rank(
+    ALL, {"gradcam", "scorecam", "ablationcam", "fullgrad", "guidedgradcam"}))
 def test_every_method_explains_a_model_with_two_inputs(method, rank):
-    if rank == 3 and method not in ("gradcam", "scorecam", "ablationcam", "fullgrad", "guidedgradcam"):
-        pytest.skip("3D: a few methods suffice (the orchestration is rank-agnostic)")
     model = TwoInputs(_net(method, rank))
     x = make_input(rank)
     gain, bias = _extras(rank)

@@ -19,7 +19,7 @@ from torch.utils.checkpoint import checkpoint
 
 import ndcam
 
-from .conftest import BN, CONV, GAP, GapNet, make_input, make_net
+from .conftest import BN, CONV, GAP, GapNet, make_input, make_net, methods_by_rank
 from .test_hygiene import assert_same, snapshot
 
 ALL = ndcam.methods()
@@ -41,10 +41,8 @@ def _layer(method):
     ],
     ids=["detached", "rebuilt", "boolean", "integer"],
 )
-@pytest.mark.parametrize("method", GRADIENT)
+@pytest.mark.parametrize("method, rank", methods_by_rank(GRADIENT, {"gradcam", "fullgrad", "guidedbackprop"}))
 def test_target_scores_without_gradient_raise(method, target, exc, match, rank):
-    if rank == 3 and method not in ("gradcam", "fullgrad", "guidedbackprop"):
-        pytest.skip("3D: a few methods suffice")
     model = make_net(rank)
     before = snapshot(model)
     with pytest.raises(exc, match=match):
@@ -210,11 +208,10 @@ def test_per_sample_option_equals_batch_on_ordinary_models(method):
                                    ndcam.GuidedBackprop(model).guided_gradients(x, k))
 
 
-@pytest.mark.parametrize("method", ALL)
+@pytest.mark.parametrize("method, rank", methods_by_rank(
+    ALL, {"fullgrad", "guidedbackprop", "guidedgradcam", "gradcam", "scorecam"}))  # in 3D: the methods that once failed
 @pytest.mark.parametrize("inside", [True, False], ids=["called-inside", "called-outside"])
 def test_inputs_made_under_inference_mode(method, inside, rank):
-    if rank == 3 and method not in ("fullgrad", "guidedbackprop", "guidedgradcam", "gradcam", "scorecam"):
-        pytest.skip("3D: the methods that failed suffice")
     model = make_net(rank, cls=GapNet) if method == "cam" else make_net(rank)
     x = make_input(rank)
     want = ndcam.explain(model, x, method, targets=[0, 1, 2], layers=_layer(method)).maps
