@@ -321,3 +321,28 @@ def test_monai_densenet121_gets_the_relu_that_feeds_its_pooling_and_cam_holds_th
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
     with pytest.raises(LookupError, match="do not receive the global average"):
         ndcam.CAM(model, "features")(x, 2)
+
+
+@pytest.mark.parametrize("gamma", [1.0, 1e-3, 1e-5])
+def test_class_token_models_with_layerscale_get_the_same_layer(gamma):
+    """LayerScale (CaiT, DeiT-III: residual branches scaled by 1e-5 at init) scales every patch-token path, so the
+    noise threshold of the gradient probe must be relative to each layer's own gradient, not to the head's."""
+    from .families import Block
+
+    class ScaledBlock(Block):
+        def __init__(self, dim: int, g: float):
+            super().__init__(dim)
+            self.g1 = nn.Parameter(torch.full((dim,), g))
+            self.g2 = nn.Parameter(torch.full((dim,), g))
+
+        def forward(self, x):
+            h = self.norm1(x)
+            x = x + self.g1 * self.attn(h, h, h, need_weights=False)[0]
+            return x + self.g2 * self.mlp(self.norm2(x))
+
+    torch.manual_seed(0)
+    model = ViT(2, (16, 16))
+    model.blocks = nn.Sequential(*[ScaledBlock(16, gamma) for _ in range(2)])
+    model.eval()
+    (name, _), = auto_choice(model, torch.randn(1, 1, 16, 16))[0]
+    assert name == "blocks.1.norm1"

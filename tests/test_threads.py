@@ -526,3 +526,51 @@ def test_plain_inference_next_to_an_explanation_is_untouched(method):
         torch.testing.assert_close(out, expected, rtol=0, atol=0)
     for m in maps:
         torch.testing.assert_close(m, reference, rtol=0, atol=1e-12)
+
+
+def test_a_lock_left_on_another_thread_is_released():
+    """``with model_lock(m)`` inside a generator that another thread closes: the modules are given back."""
+    net = nn.Linear(2, 2)
+    lock = model_lock(net)
+
+    def held():
+        with lock:
+            yield 1
+
+    gen = held()
+    next(gen)
+    assert _CLAIMS.held() == 1
+    errors = []
+
+    def close():
+        try:
+            gen.close()
+        except BaseException as err:  # noqa: BLE001
+            errors.append(err)
+
+    t = threading.Thread(target=close)
+    t.start()
+    t.join()
+    assert not errors and _CLAIMS.held() == 0
+    ndcam.explain(nn.Sequential(nn.Conv1d(1, 2, 3), nn.AdaptiveAvgPool1d(1), nn.Flatten(), net), torch.randn(1, 1, 8))
+
+
+def test_layers_run_in_worker_threads_get_a_clear_error():
+    from concurrent.futures import ThreadPoolExecutor as Pool
+
+    class Threaded(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU())
+            self.fc = nn.Linear(4, 3)
+            self.pool = Pool(1)
+
+        def forward(self, x):
+            return self.fc(self.pool.submit(self.conv, x).result().mean((2, 3)))
+
+    with pytest.raises(ndcam.LayerError, match="worker threads"):
+        ndcam.GradCAM(Threaded().eval(), "conv")(torch.randn(2, 1, 8, 8), 0)
+    dp = nn.DataParallel(nn.Sequential(nn.Conv2d(1, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2)))
+    dp.device_ids = [0, 1]  # as on two GPUs: the replicas would run in worker threads
+    with pytest.raises(ndcam.InputTypeError, match="explain model.module"):
+        ndcam.GradCAM(dp, "module.0")

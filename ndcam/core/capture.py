@@ -159,13 +159,30 @@ class ModelLock:
 
     def __enter__(self) -> ModelLock:
         modules = list(self.model.modules())  # walked before anything is taken: an error here holds nothing
-        _CLAIMS.acquire(modules)
-        self._held.setdefault(threading.get_ident(), []).append(modules)
+        me = threading.get_ident()
+        stack = self._held.setdefault(me, [])
+        acquired = False
+        try:
+            _CLAIMS.acquire(modules)  # all or nothing, also when interrupted while waiting
+            acquired = True
+            stack.append(modules)
+        except BaseException:  # e.g. KeyboardInterrupt right after the claim: hold nothing
+            if acquired and (not stack or stack[-1] is not modules):
+                _CLAIMS.release(modules)
+            if not stack:
+                self._held.pop(me, None)
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:
         me = threading.get_ident()
-        stack = self._held[me]
+        stack = self._held.get(me)
+        if not stack:  # left on another thread than it was entered on (a generator closed elsewhere): the
+            # claim belongs to the entering thread; give back that thread's innermost one, never leak it
+            owner = next((t for t, s in self._held.items() if s), None)
+            if owner is None:
+                return
+            me, stack = owner, self._held[owner]
         modules = stack.pop()
         if not stack:
             del self._held[me]
@@ -569,8 +586,11 @@ class Capture:
         missing = [name for name, _ in self.layers if name not in self.names]
         if missing:
             raise LayerError(
-                f"layer(s) {missing} never ran during the forward pass of {type(self.model).__name__}; choose layers "
-                f"that the forward reaches (ndcam.list_layers(model, x) lists those that run)"
+                f"layer(s) {missing} never ran during the forward pass of {type(self.model).__name__} in the calling "
+                f"thread; choose layers that the forward reaches (ndcam.list_layers(model, x) lists those that run). "
+                f"ndcam records only what the calling thread runs: a model that runs layers in worker threads (a "
+                f"thread pool, nn.DataParallel on several GPUs) must be explained through a module that runs them in "
+                f"one thread"
             )
         return out
 

@@ -389,8 +389,8 @@ def _first_floating(out: object) -> torch.Tensor | None:
     return None
 
 
-#: patch-token gradients below this fraction of the largest gradient the probe sees are rounding noise (a path that
-#: cancels exactly in real arithmetic, e.g. through the channel sum of a LayerNorm's output), not a reaching path
+#: patch-token gradients below this fraction of the largest gradient of the same layer are rounding noise (a path
+#: that cancels exactly in real arithmetic, e.g. through the channel sum of a LayerNorm's output), not a reaching path
 _NOISE = 1e-4
 
 
@@ -444,10 +444,14 @@ def _reaching(model: nn.Module, x: torch.Tensor, candidates: list[_Choice]) -> t
         for h in handles:
             h.remove()
         state.restore()
-    # a gradient counts when it is above rounding noise: relative to the largest one the probe found
-    scale = max((float(g.abs().amax()) for g in grads if g is not None), default=0.0)
+    # a layer's patch-token gradient counts when it is above rounding noise relative to the same layer's largest
+    # gradient (its class tokens): both pass through the same residual scales (LayerScale's 1e-5 init), so the ratio
+    # stays O(1) for a real path and at rounding level for one that cancels
     for c, g in zip(have, grads):
-        if g is not None and scale > 0 and float(g[:, c.prefix:].abs().amax()) > _NOISE * scale:
+        if g is None:
+            continue
+        scale = float(g.abs().amax())
+        if scale > 0 and float(g[:, c.prefix:].abs().amax()) > _NOISE * scale:
             return c, cacheable
     last = tokens[0]
     return (f"{type(model).__name__} looks like a token model, but no module output after its patch embedding carries "
@@ -479,7 +483,17 @@ def _token_hint(records: list[_Record], x: torch.Tensor) -> str:
 
 
 def check_not_scripted(model: object) -> None:
-    """Refuse TorchScript modules with one clear error: they cannot take forward hooks, so no CAM can be read."""
+    """Refuse, with one clear error each, the models whose layers ndcam cannot watch: TorchScript modules (no forward
+    hooks) and ``nn.DataParallel`` over several devices (its replicas run in worker threads, while ndcam's hooks act on
+    the calling thread only; see :func:`ndcam.capture.this_thread`).
+    """
+    if isinstance(model, nn.DataParallel) and len(model.device_ids) > 1:
+        raise InputTypeError(
+            f"nn.DataParallel over {len(model.device_ids)} devices runs its replicas in worker threads, where ndcam "
+            f"does not record (so that predictions served from other threads are never touched); explain "
+            f"model.module on one device -- the maps are the same -- and split large batches yourself, or use "
+            f"torch.distributed (ndcam.explain_dataset scales out that way)"
+        )
     if isinstance(model, torch.jit.ScriptModule):
         raise InputTypeError(
             f"{type(model).__name__} is a TorchScript module (torch.jit.script/trace/load): TorchScript modules cannot "
