@@ -6,7 +6,6 @@ left exactly as it was; refusals."""
 from __future__ import annotations
 
 import math
-import threading
 from collections import OrderedDict
 
 import numpy as np
@@ -20,6 +19,7 @@ import ndcam
 
 from . import reference_new as RN
 from .test_hygiene import assert_same, snapshot
+from .test_threads import _run_concurrently
 
 CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 GRIDS = {1: (6,), 2: (3, 4), 3: (2, 3, 2)}
@@ -492,14 +492,9 @@ def test_threads_on_one_model_give_the_sequential_maps():
     cam = _legrad(model, rank)
     xs = [_input(rank, seed=s) for s in range(4)]
     want = [cam(x, [0, 1]) for x in xs]
-    got: dict[int, torch.Tensor] = {}
-    threads = [threading.Thread(target=lambda i=i: got.__setitem__(i, cam(xs[i], [0, 1]))) for i in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    for i in range(4):
-        torch.testing.assert_close(got[i], want[i])
+    got = _run_concurrently(lambda x: cam(x, [0, 1]), [(x,) for x in xs])
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w)
 
 
 # -- the model is left exactly as it was ----------------------------------------------------------------------------

@@ -157,28 +157,33 @@ class _TorchvisionLikeViT(nn.Module):
         return self.heads(self.encoder.ln(self.encoder.layers(t))[:, 0])
 
 
-def test_legrad_matches_torchcam(tm):
-    torch.manual_seed(0)
-    model = _TorchvisionLikeViT().double().eval()
+def _legrad_agrees_with_torchcam(tm, model, layers, blocks):
+    """ndcam's LeGrad at ``layers`` against torch-cam's at ``blocks``, for both ways of reading a score out of a block:
+    torch-cam's default (the mean of all tokens, class token included, then the final norm and head) given to ndcam as
+    a callable, and the model's own read-out (class token) that ndcam finds, given to torch-cam as its score
+    projection."""
     x = torch.randn(2, 1, 6, 8, dtype=torch.float64)
     grid, targets = (3, 4), [3, 1]
-    blocks = [f"encoder.layers.{i}" for i in range(3)]
-    softmaxes = [f"{b}.self_attention.softmax" for b in blocks]
-    # torch-cam's default read-out: the mean of all tokens (class token included), then the final norm and head
     theirs = _theirs(tm.LeGrad(model, blocks, prefix_tokens=1, grid_shape=grid), model, x, targets)
-    mean = ndcam.LeGrad(model, softmaxes, grid=grid, prefix=1,
+    mean = ndcam.LeGrad(model, layers, grid=grid, prefix=1,
                         readout=lambda z: model.heads(model.encoder.ln(z.mean(1))))
     ours = mean(x, targets, upsample=False, normalize=False)
     assert float(theirs.abs().max()) > 0
     torch.testing.assert_close(ours.double(), theirs, atol=1e-6 * float(theirs.abs().max()), rtol=1e-5)
-    # the model's own read-out (class token), found by ndcam, given to torch-cam as its score projection
-    auto = ndcam.LeGrad(model, softmaxes, grid=grid, prefix=1)
+    auto = ndcam.LeGrad(model, layers, grid=grid, prefix=1)
     assert auto.readout_for(x) == "heads(encoder.ln(tokens)[:, 0])"
     theirs = _theirs(tm.LeGrad(model, blocks, prefix_tokens=1, grid_shape=grid,
                                score_projection=lambda t: model.heads(model.encoder.ln(t)[:, 0])), model, x, targets)
     ours = auto(x, targets, upsample=False, normalize=False)
     torch.testing.assert_close(ours.double(), theirs, atol=1e-6 * float(theirs.abs().max()), rtol=1e-5)
     assert not torch.allclose(ours, mean(x, targets, upsample=False, normalize=False))
+
+
+def test_legrad_matches_torchcam(tm):
+    torch.manual_seed(0)
+    model = _TorchvisionLikeViT().double().eval()
+    blocks = [f"encoder.layers.{i}" for i in range(3)]
+    _legrad_agrees_with_torchcam(tm, model, [f"{b}.self_attention.softmax" for b in blocks], blocks)
 
 
 def test_legrad_on_torch_multihead_attention_matches_torchcam(tm):
@@ -186,19 +191,4 @@ def test_legrad_on_torch_multihead_attention_matches_torchcam(tm):
 
     torch.manual_seed(0)
     model = VisionTransformer(2).double().eval()
-    x = torch.randn(2, 1, 6, 8, dtype=torch.float64)
-    grid, targets = (3, 4), [3, 1]
-    blocks = [f"encoder.layers.encoder_layer_{i}" for i in range(3)]
-    mean = ndcam.LeGrad(model, model.layers, grid=grid, prefix=1,
-                        readout=lambda z: model.heads(model.encoder.ln(z.mean(1))))
-    theirs = _theirs(tm.LeGrad(model, blocks, prefix_tokens=1, grid_shape=grid), model, x, targets)
-    ours = mean(x, targets, upsample=False, normalize=False)
-    assert float(theirs.abs().max()) > 0
-    torch.testing.assert_close(ours.double(), theirs, atol=1e-6 * float(theirs.abs().max()), rtol=1e-5)
-    auto = ndcam.LeGrad(model, model.layers, grid=grid, prefix=1)
-    assert auto.readout_for(x) == "heads(encoder.ln(tokens)[:, 0])"
-    theirs = _theirs(tm.LeGrad(model, blocks, prefix_tokens=1, grid_shape=grid,
-                               score_projection=lambda t: model.heads(model.encoder.ln(t)[:, 0])), model, x, targets)
-    ours = auto(x, targets, upsample=False, normalize=False)
-    torch.testing.assert_close(ours.double(), theirs, atol=1e-6 * float(theirs.abs().max()), rtol=1e-5)
-    assert not torch.allclose(ours, mean(x, targets, upsample=False, normalize=False))
+    _legrad_agrees_with_torchcam(tm, model, model.layers, [f"encoder.layers.encoder_layer_{i}" for i in range(3)])
