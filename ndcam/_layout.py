@@ -63,11 +63,8 @@ def _alias(name: str, module: ModuleType) -> None:
 
 
 def register(package: ModuleType) -> None:
-    """Import every public module at its home and bind its short name in ``sys.modules`` and on ``package``
-    (an attribute that already names something else -- the function ``ndcam.explain`` -- is kept).
+    """Bind every public module's short name in ``sys.modules`` to its home, submodules included. The attributes on
+    ``package`` are its own imports (``ndcam/__init__.py`` imports each module by name, so type checkers see them).
     """
     for short, home in PUBLIC_MODULES.items():
-        module = importlib.import_module(f"{package.__name__}.{home}")
-        _alias(f"{package.__name__}.{short}", module)
-        if not hasattr(package, short):
-            setattr(package, short, module)
+        _alias(f"{package.__name__}.{short}", importlib.import_module(f"{package.__name__}.{home}"))
